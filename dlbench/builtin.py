@@ -1,0 +1,50 @@
+"""dlbench's own components, registered through the same hooks a third-party plugin uses.
+
+Declared in pyproject as the entry point ``core = "dlbench.builtin"`` (pytest's ``default_plugins``
+idea): nothing in dlbench reaches into the registry by another path.
+"""
+
+from __future__ import annotations
+
+from dlbench import hookimpl
+
+
+@hookimpl
+def register_datasets(register):
+    from dlbench.data import DATASETS
+
+    for name, cls in DATASETS.items():
+        register(name, cls)
+
+
+@hookimpl
+def register_tokenizers(register):
+    from dlbench.nn import TOKENIZERS
+
+    for name, cls in TOKENIZERS.items():
+        register(name, cls)
+
+
+@hookimpl
+def register_schedules(register):
+    from dlbench.schedules.continuous import CONTINUOUS_SCHEDULES
+    from dlbench.schedules.discrete import DISCRETE_SCHEDULES
+
+    for name, cls in {**CONTINUOUS_SCHEDULES, **DISCRETE_SCHEDULES}.items():
+        register(name, cls)
+
+
+@hookimpl
+def register_embeddings(register):
+    from dlbench.embeddings import EMBEDDINGS
+
+    for name, cls in EMBEDDINGS.items():
+        register(name, cls)
+
+
+@hookimpl
+def register_feature_extractors(register):
+    from dlbench.eval import FEATURE_EXTRACTORS
+
+    for name, cls in FEATURE_EXTRACTORS.items():
+        register(name, cls)

@@ -1,0 +1,307 @@
+"""The component kinds of dlbench: small, tensor-level interfaces.
+
+Every component is a class registered under a canonical name ``kind/name`` through a plugin hook
+(see :mod:`dlbench.hookspecs`). A component class carries a pydantic ``Config`` model
+(``extra="forbid"``) and is built as ``cls(config, **context)``; the context keywords per kind are
+listed on each ABC below.
+
+Registration checks the interface *structurally* (the methods listed in ``REQUIRED`` exist and are
+callable), so a third-party class does not have to inherit from these ABCs -- inheriting is still the
+easy way to get the docs and defaults.
+
+Shapes use einops notation: ``b`` batch, ``c`` channels, ``H W`` pixels, ``h w`` token grid,
+``n = h*w`` positions, ``k`` codebook size, ``d`` embedding dim.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component config: unknown fields are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+
+class EmptyConfig(ComponentConfig):
+    """Config of a component without options."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------
+
+
+class Tokenizer(nn.Module, ABC):
+    """Maps images to a grid of discrete token ids and back (VQ-VAE style).
+
+    Built as ``cls(config, channels=int, resolution=int)``.
+    Images are float in [-1, 1], ``"b c H W"``; tokens are long ``"b h w"`` in ``[0, codebook_size)``.
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("encode", "decode", "codebook", "token_grid", "training_loss")
+    Config: ClassVar[type[ComponentConfig]] = EmptyConfig
+    codebook_size: int
+
+    @abstractmethod
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``"b c H W" -> "b h w"`` (long)."""
+
+    @abstractmethod
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``"b h w" -> "b c H W"`` in [-1, 1]."""
+
+    @abstractmethod
+    def codebook(self) -> torch.Tensor:
+        """The code vectors, ``"k d"`` (for fixed-embedding baselines)."""
+
+    @abstractmethod
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid ``(h, w)`` for an image of ``height x width`` pixels."""
+
+    @abstractmethod
+    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss for one batch of images and named terms for logging (regularizers add to this)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedding strategy
+# ---------------------------------------------------------------------------------------------
+
+
+class EmbeddingStrategy(nn.Module, ABC):
+    """How token ids become what a generator diffuses.
+
+    Built as ``cls(config, codebook_size=int, tokenizer=Tokenizer | None)``.
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("forward", "weight", "diagnostics")
+    Config: ClassVar[type[ComponentConfig]] = EmptyConfig
+    dim: int
+
+    @abstractmethod
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``"b n" -> "b n d"``."""
+
+    @abstractmethod
+    def weight(self) -> torch.Tensor:
+        """The (effective, e.g. normalised) embedding table ``"k d"``."""
+
+    def diagnostics(self, sigma: float = 1.0) -> dict[str, float]:
+        """Collapse diagnostics of the table relative to noise scale ``sigma``."""
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise schedules
+# ---------------------------------------------------------------------------------------------
+
+
+class NoiseSchedule(ABC):
+    """Marker base of noise schedules. Two families below; built as ``cls(config)``."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+    #: a schedule implements one of these method sets (continuous or discrete family)
+    REQUIRED_ANY: ClassVar[tuple[tuple[str, ...], ...]] = (("logsnr", "alpha_sigma"), ("coefficients",))
+    Config: ClassVar[type[ComponentConfig]] = EmptyConfig
+    family: ClassVar[Literal["continuous", "discrete"]]
+
+
+class ContinuousSchedule(NoiseSchedule):
+    """Variance-preserving continuous schedule given by its log-SNR ``lambda(t)``, t in [0, 1]."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("logsnr", "alpha_sigma")
+    family: ClassVar[Literal["continuous", "discrete"]] = "continuous"
+
+    @abstractmethod
+    def logsnr(self, t: torch.Tensor) -> torch.Tensor:
+        """``lambda(t) = log(alpha^2 / sigma^2)``, same shape as ``t``, finite on [0, 1]."""
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha, sigma)`` with ``alpha^2 = sigmoid(lambda)``, ``sigma^2 = sigmoid(-lambda)``."""
+        lam = self.logsnr(t)
+        return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+
+
+class DiscreteSchedule(NoiseSchedule):
+    """Discrete-state transition schedule with an absorbing [MASK] state at index K.
+
+    ``coefficients(num_steps, num_classes)`` returns float64 tensors of length ``T`` (index 0 is
+    step t=1): per-step ``alpha, beta, gamma`` and cumulative ``alpha_bar, beta_bar, gamma_bar``
+    (METHODS.md B.1).
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("coefficients",)
+    family: ClassVar[Literal["continuous", "discrete"]] = "discrete"
+
+    @abstractmethod
+    def coefficients(self, num_steps: int, num_classes: int) -> dict[str, torch.Tensor]:
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Regularizers
+# ---------------------------------------------------------------------------------------------
+
+
+class Regularizer(nn.Module, ABC):
+    """A named loss term attached to a stage (``tokenizer`` or ``generator``).
+
+    Built as ``cls(config)``. ``forward(**tensors)`` returns a scalar loss (unweighted; the owner
+    applies ``config.weight`` when the config has one). Which keyword tensors it reads is documented
+    per regularizer; unknown keywords are ignored so one call site serves all.
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("forward",)
+    Config: ClassVar[type[ComponentConfig]] = EmptyConfig
+    stage: ClassVar[Literal["tokenizer", "generator"]]
+
+    @abstractmethod
+    def forward(self, **tensors: torch.Tensor) -> torch.Tensor:
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods (generators over token grids)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodRequirements:
+    """What a method needs, so the runner rejects impossible combinations before training.
+
+    ``inputs``: ``token_ids`` (discrete methods) or ``embeddings`` (continuous over a table).
+    ``conditioning``: ``none`` (unconditional only), ``class`` (needs labels), ``optional``.
+    ``needs_codebook``: needs ``tokenizer.codebook()`` (fixed-embedding baselines).
+    """
+
+    inputs: Literal["token_ids", "embeddings"] = "token_ids"
+    conditioning: Literal["none", "class", "optional"] = "optional"
+    needs_codebook: bool = False
+
+
+@dataclass
+class MethodContext:
+    """Everything a method is built from besides its config."""
+
+    codebook_size: int
+    token_grid: tuple[int, int]
+    num_classes: int | None = None
+    tokenizer: Tokenizer | None = None
+    backbone: dict[str, Any] = field(default_factory=dict)
+
+
+SampleCallback = Callable[[dict[str, Any]], None]
+
+
+class Method(nn.Module, ABC):
+    """A generator over token grids: composes schedule, embedding, denoiser and losses.
+
+    Built as ``cls(config, context=MethodContext)``. Tokens ``"b h w"`` long, labels ``"b"`` long
+    or ``None`` (unconditional).
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("loss", "sample")
+    Config: ClassVar[type[ComponentConfig]] = EmptyConfig
+    requires: ClassVar[MethodRequirements] = MethodRequirements()
+    #: run-config overrides per preset name (``quick``/``default``/``paper``), nested dicts.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @abstractmethod
+    def loss(
+        self, tokens: torch.Tensor, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scalar training loss and named terms (each logged separately)."""
+
+    @abstractmethod
+    def sample(
+        self,
+        labels: torch.Tensor | None,
+        seeds: torch.Tensor,
+        *,
+        num_samples: int | None = None,
+        steps: int | None = None,
+        guidance: float = 1.0,
+        callback: SampleCallback | None = None,
+        **options: Any,
+    ) -> torch.Tensor:
+        """Generate token grids ``"b h w"``.
+
+        ``seeds`` (``"b"`` int64) gives each sample its own random stream, derived by the runner from
+        (run seed, sample index), so results do not depend on batch size or world size.
+        ``num_samples`` is only needed when ``labels`` is None (otherwise ``len(labels)``).
+        """
+
+    def nfe(self, steps: int | None = None, guidance: float = 1.0) -> int:
+        """Network evaluations per sample for these settings (compute accounting)."""
+        return 0
+
+    def diagnostics(self) -> dict[str, float]:
+        """Scalar diagnostics logged during training (e.g. embedding collapse)."""
+        return {}
+
+    def end_of_training_report(self, tokens: torch.Tensor, labels: torch.Tensor | None) -> dict[str, Any]:
+        """Optional heavier diagnostics on held-out tokens (e.g. a CE(t) curve)."""
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and feature extractors
+# ---------------------------------------------------------------------------------------------
+
+
+class ImageDataset(ABC):
+    """An image dataset with named splits. Built as ``cls(config)``.
+
+    ``split(name)`` returns a ``torch.utils.data.Dataset`` of ``(image uint8 "c H W", label int)``
+    (label ``-1`` when unlabelled), all images already at ``resolution`` with ``channels``.
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("split", "fingerprint")
+    Config: ClassVar[type[ComponentConfig]] = EmptyConfig
+    channels: int
+    resolution: int
+    num_classes: int | None = None
+    splits: tuple[str, ...] = ("train", "test")
+
+    @abstractmethod
+    def split(self, name: str) -> torch.utils.data.Dataset:
+        ...
+
+    @abstractmethod
+    def fingerprint(self, name: str) -> str:
+        """A stable hex digest identifying the contents of a split (and its preprocessing)."""
+
+
+class FeatureExtractor(nn.Module, ABC):
+    """Maps uint8 images ``"b c H W"`` to features ``"b f"``. Built as ``cls(config)``."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("features",)
+    Config: ClassVar[type[ComponentConfig]] = EmptyConfig
+    dim: int
+
+    @abstractmethod
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        ...
+
+    def weights_sha256(self) -> str | None:
+        """sha256 of the weights used (part of the evaluation protocol), or None."""
+        return None
+
+
+KINDS: dict[str, type] = {
+    "tokenizer": Tokenizer,
+    "embedding": EmbeddingStrategy,
+    "schedule": NoiseSchedule,
+    "regularizer": Regularizer,
+    "method": Method,
+    "dataset": ImageDataset,
+    "feature_extractor": FeatureExtractor,
+}

@@ -1,0 +1,164 @@
+"""Typed registries of components, one per kind, with did-you-mean errors.
+
+Canonical names are ``kind/name`` (``schedule/shifted-cosine``). Plugins fill the registries through
+the ``register_*`` hooks (see :mod:`dlbench.hookspecs`); nobody writes to them directly.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from dlbench.interfaces import KINDS, ComponentConfig, EmptyConfig
+
+
+class DlbenchError(Exception):
+    """Base of errors that the CLI prints as one line (exit code 2) instead of a traceback."""
+
+
+class UnknownComponentError(DlbenchError, KeyError):
+    def __init__(self, kind: str, name: str, known: list[str]):
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        close = difflib.get_close_matches(name, self.known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listing = ", ".join(self.known) if self.known else "(none registered)"
+        super().__init__(f"unknown {kind} {name!r}.{hint} Known {kind}s: {listing}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class DuplicateComponentError(DlbenchError):
+    pass
+
+
+class InterfaceError(DlbenchError, TypeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One registered component."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    config: type[BaseModel]
+    description: str = ""
+    plugin: str = "?"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def canonical(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+    def make_config(self, params: dict[str, Any] | BaseModel | None = None) -> BaseModel:
+        if isinstance(params, self.config):
+            return params
+        if isinstance(params, BaseModel):
+            params = params.model_dump()
+        return self.config.model_validate(params or {})
+
+    def build(self, params: dict[str, Any] | BaseModel | None = None, **context: Any) -> Any:
+        return self.factory(self.make_config(params), **context)
+
+
+def check_interface(kind: str, factory: Any) -> None:
+    """Structural check: the methods the kind requires exist on the factory (a class)."""
+    base = KINDS[kind]
+    if not isinstance(factory, type):
+        return  # plain factory functions are checked when built (see dlbench.testing)
+    required = getattr(base, "REQUIRED", ())
+    missing = [m for m in required if not callable(getattr(factory, m, None))]
+    alternatives = getattr(base, "REQUIRED_ANY", ())
+    if alternatives and not missing:
+        gaps = [[m for m in alt if not callable(getattr(factory, m, None))] for alt in alternatives]
+        if all(gaps):
+            missing = [" or ".join(", ".join(g) for g in gaps)]
+    if missing:
+        raise InterfaceError(
+            f"{kind} {factory.__module__}.{factory.__qualname__} does not implement the {kind} interface: "
+            f"missing {', '.join(missing)}"
+        )
+    abstract = sorted(getattr(factory, "__abstractmethods__", ()) or ())
+    if abstract:
+        raise InterfaceError(
+            f"{kind} {factory.__module__}.{factory.__qualname__} is abstract: implement {', '.join(abstract)}"
+        )
+
+
+class Registry:
+    """A mapping ``kind -> name -> ComponentSpec``."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, dict[str, ComponentSpec]] = {k: {} for k in KINDS}
+
+    def add(
+        self,
+        kind: str,
+        name: str,
+        factory: Callable[..., Any],
+        *,
+        config: type[BaseModel] | None = None,
+        description: str = "",
+        plugin: str = "?",
+        **extras: Any,
+    ) -> ComponentSpec:
+        if kind not in self._specs:
+            raise UnknownComponentError("kind", kind, list(self._specs))
+        if "/" in name or not name:
+            raise InterfaceError(f"bad {kind} name {name!r}: use a non-empty name without '/'")
+        check_interface(kind, factory)
+        if config is None:
+            config = getattr(factory, "Config", None) or EmptyConfig
+        if not (isinstance(config, type) and issubclass(config, BaseModel)):
+            raise InterfaceError(f"{kind}/{name}: config must be a pydantic model class, got {config!r}")
+        if config.model_config.get("extra") != "forbid" and not issubclass(config, ComponentConfig):
+            raise InterfaceError(f"{kind}/{name}: config {config.__name__} must set extra='forbid'")
+        if not description:
+            doc = (getattr(factory, "__doc__", None) or "").strip()
+            description = doc.splitlines()[0] if doc else ""
+        existing = self._specs[kind].get(name)
+        if existing is not None:
+            raise DuplicateComponentError(
+                f"{kind}/{name} registered twice: by plugin {existing.plugin!r} "
+                f"({_origin(existing.factory)}) and by plugin {plugin!r} ({_origin(factory)})"
+            )
+        spec = ComponentSpec(kind, name, factory, config, description, plugin, dict(extras))
+        self._specs[kind][name] = spec
+        return spec
+
+    def check_kind(self, kind: str) -> str:
+        if kind not in self._specs:
+            raise UnknownComponentError("kind", kind, list(self._specs))
+        return kind
+
+    def get(self, kind: str, name: str) -> ComponentSpec:
+        self.check_kind(kind)
+        if "/" in name:
+            prefix, _, rest = name.partition("/")
+            if prefix == kind:
+                name = rest
+        try:
+            return self._specs[kind][name]
+        except KeyError:
+            raise UnknownComponentError(kind, name, list(self._specs[kind])) from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._specs[kind])
+
+    def specs(self, kind: str | None = None) -> list[ComponentSpec]:
+        kinds = [kind] if kind else list(self._specs)
+        return [self._specs[k][n] for k in kinds for n in sorted(self._specs[k])]
+
+    def remove_plugin(self, plugin: str) -> None:
+        for table in self._specs.values():
+            for name in [n for n, s in table.items() if s.plugin == plugin]:
+                del table[name]
+
+
+def _origin(factory: Any) -> str:
+    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"

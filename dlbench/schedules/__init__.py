@@ -1,0 +1,1 @@
+"""Noise schedules: continuous log-SNR families and discrete transition families (pure functions)."""

@@ -1,0 +1,1 @@
+"""Example third-party dlbench plugin (see docs/plugins.md)."""
