@@ -197,6 +197,22 @@ def compare(
         print(text)
 
 
+@app.command()
+def report(
+    runs: List[Path] = typer.Argument(..., help="run directories"),
+    html_dir: Path = typer.Option(Path("report"), "--html", help="output directory of the HTML report"),
+    format: str = typer.Option("table", "--format", help="table | md | csv | json | latex"),
+) -> None:
+    """Rebuild a comparison table and HTML report from existing runs (differences are marked)."""
+    from dlbench.report.compare import check_matched, load_records, render, summarise
+    from dlbench.report.html import write_report
+
+    records = load_records(runs)
+    cmp = summarise(records, None, check_matched(records, allow_mismatch=True))
+    print(render(cmp, format))
+    print(f"HTML report: {write_report(cmp, html_dir)}")
+
+
 def _install_plugin_commands() -> None:
     try:
         from dlbench.plugins import get_manager

@@ -102,6 +102,8 @@ class SamplingConfig(Section):
     steps: int | None = Field(None, gt=0, description="sampling steps (method default when unset)")
     guidance: float = Field(1.0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific sampler options")
+    seed: int = Field(0, ge=0, description="sampling seed, kept apart from the training seed (run.seed); "
+                      "sample i uses dlbench.seeding.sample_seeds(seed, i)")
 
 
 class EvaluationConfig(Section):

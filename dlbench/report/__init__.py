@@ -1,0 +1,1 @@
+"""Comparisons and reports: protocol-checked tables, statistics, plots and static HTML."""
