@@ -1,0 +1,500 @@
+"""VQ-LCMD: latent consistency-matching diffusion over learnable token embeddings (METHODS.md §A), + ablations.
+
+One class, :class:`VQLCMD`, composes a continuous schedule (``dlbench.schedules.continuous``), an embedding
+strategy (``dlbench.embeddings``), the shared denoiser (input = embeddings, output = token logits), the pure
+losses of :mod:`.losses` and the regularizers of :mod:`.regularizers`. The ablations are the same class with
+other config defaults (``csdm``, ``vqlcmd-nodrop``, ``vqlcmd-noshift``, ``fixed-embedding``).
+
+Every reconstructed choice (METHODS.md §A is partly [recon]) is a config field; docs/methods/vqlcmd.md says
+which default dlbench uses and why.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from dlbench.embeddings import EMBEDDINGS
+from dlbench.interfaces import ComponentConfig, Method, MethodContext, MethodRequirements, SampleCallback
+from dlbench.nn.denoiser import build_denoiser, drop_labels
+from dlbench.registry import DlbenchError
+from dlbench.schedules.continuous import CONTINUOUS_SCHEDULES
+
+from .losses import (
+    ddim_step,
+    diffusion_loss,
+    diffusion_weight,
+    expected_embedding,
+    prior_kl,
+    reconstruction_ce,
+)
+from .regularizers import ConsistencyMatching, RandomDropping
+from .sampler import sample_ddim, sampling_times
+
+__all__ = ["CSDM", "FixedEmbedding", "VQLCMD", "VQLCMDConfig", "VQLCMDNoDrop", "VQLCMDNoShift", "VQLCMDError"]
+
+
+class VQLCMDError(DlbenchError, ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+class VQLCMDConfig(ComponentConfig):
+    """VQ-LCMD options; ``[recon]`` marks choices the paper body did not pin down (METHODS.md §A.4)."""
+
+    # embedding table (§A.1)
+    embedding: Literal["learnable", "codebook", "one-hot"] = "learnable"
+    embed_dim: int = Field(16, ge=1, description="d for 'learnable' [recon: tiny 8-16]")
+    normalize_embeddings: bool = Field(False, description="rows at norm sqrt(d) (CDCD) [recon]")
+    embed_init_std: float = Field(1.0, gt=0.0)
+    standardize_codebook: bool = Field(True, description="'codebook' only: zero mean, unit var per dim")
+    # schedule (§A.1)
+    schedule: Literal["shifted-cosine", "cosine", "linear"] = "shifted-cosine"
+    shift: float = Field(-2.0, description="log-SNR shift s of 'shifted-cosine' [recon: sign/value unknown]")
+    t_min: float = Field(1e-3, gt=0.0, lt=1.0)
+    t_max: float = Field(1.0 - 1e-3, gt=0.0, lt=1.0)
+    # loss weights (§A.2) [recon: "re-weighting", values unknown]
+    w_rec: float = Field(1.0, ge=0.0)
+    w_dm: float = Field(1.0, ge=0.0)
+    w_prior: float = Field(1.0, ge=0.0)
+    w_cm: float = Field(1.0, ge=0.0)
+    dm_weighting: Literal["elbo", "sigmoid", "constant"] = Field(
+        "sigmoid", description="time weight of L_DM: VDM ELBO, bounded sigmoid (Kingma & Gao 2023), or 1"
+    )
+    sigmoid_bias: float = Field(0.0, description="b of the sigmoid weighting")
+    max_weight: float | None = Field(None, gt=0.0, description="clamp of the L_DM time weight (None = none)")
+    # consistency matching (§A.2.4) [recon]
+    cm_divergence: Literal["kl", "ce"] = "kl"
+    cm_zs: Literal["ddim", "same-noise"] = Field(
+        "ddim", description="z_s: one stop-grad DDIM (PF-ODE) step from z_t, or CT-style alpha_s z0 + sigma_s eps"
+    )
+    cm_step_model: Literal["student", "teacher"] = Field(
+        "student", description="'ddim' z_s: x0_hat from the detached student logits at t (free) or a teacher pass"
+    )
+    cm_s_sampling: Literal["uniform", "delta"] = Field("uniform", description="s ~ U[t_min, t) or s = t - delta")
+    cm_delta: float = Field(0.1, gt=0.0, lt=1.0)
+    teacher: Literal["ema", "stopgrad"] = Field("ema", description="EMA copy of denoiser+embedding, or sg(live)")
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0, description="teacher EMA decay per on_step_end()")
+    # random dropping (§A.2.5) and CFG (§A.2.6)
+    drop_rate: float = Field(0.2, ge=0.0, lt=1.0, description="m_RD [recon: 0.1-0.3]")
+    drop_mode: Literal["learned", "noise"] = "learned"
+    label_dropout: float = Field(0.1, ge=0.0, le=1.0, description="p(null label) for classifier-free guidance")
+    # sampling (§A.3)
+    sample_steps: int = Field(50, ge=1, description="default DDIM steps (ImageNet: 50; FFHQ/LSUN: 200)")
+    sample_temperature: float = Field(1.0, gt=0.0, description="softmax temperature of z0_hat (<1 sharpens)")
+    # diagnostics (§A.5)
+    diag_t: float = Field(0.5, gt=0.0, lt=1.0, description="reference t whose sigma scales collapse distances")
+    ce_curve_points: int = Field(11, ge=2)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.t_min < self.t_max:
+            raise ValueError(f"t_min ({self.t_min}) must be < t_max ({self.t_max})")
+        if self.w_cm > 0 and self.cm_step_model == "teacher" and self.cm_zs != "ddim":
+            raise ValueError("cm_step_model='teacher' only applies to cm_zs='ddim'; set cm_step_model='student'")
+        return self
+
+
+def _quick_backbone() -> dict[str, Any]:
+    return {"preset": "tiny", "params": {"width": 32, "depth": 1, "heads": 2}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Method
+# ---------------------------------------------------------------------------------------------
+
+
+class VQLCMD(Method):
+    """VQ-LCMD: continuous diffusion on a jointly learned token embedding with consistency matching."""
+
+    Config = VQLCMDConfig
+    requires: ClassVar[MethodRequirements] = MethodRequirements(inputs="embeddings", conditioning="optional")
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": {
+            "method": {"params": {"embed_dim": 8, "sample_steps": 4}},
+            "backbone": _quick_backbone(),
+            "training": {"lr": 1e-3, "weight_decay": 0.0},
+            "sampling": {"steps": 4, "guidance": 1.0},
+            "evaluation": {"protocol": "quick"},
+        },
+        "default": {
+            # Fashion-MNIST 32x32 -> 8x8 tokens, K=256, tiny backbone, ~3-5 min on 2 CPU cores
+            "method": {"params": {"embed_dim": 16, "sample_steps": 50}},
+            "backbone": {"preset": "tiny", "params": {}},
+            "training": {
+                "steps": 1000,
+                "batch_size": 64,
+                "lr": 5e-4,
+                # why 0: weight decay on the table is itself a shrinkage (collapse) pressure
+                "weight_decay": 0.0,
+                "betas": [0.9, 0.99],
+                "warmup_steps": 100,
+                "grad_clip": 1.0,
+                "ema_decay": 0.999,
+                "precision": "fp32",
+            },
+            "sampling": {"num_samples": 1000, "steps": 50, "guidance": 1.0},
+            "evaluation": {"protocol": "default"},
+        },
+        "paper": {
+            # [recon] ImageNet-256 class-conditional, 50 DDIM steps (paper abstract); sizes not retrieved
+            "method": {"params": {"embed_dim": 32, "sample_steps": 50}},
+            "backbone": {"preset": "base", "params": {}},
+            "training": {
+                "steps": 400_000,
+                "batch_size": 256,
+                "lr": 1e-4,
+                "weight_decay": 0.0,
+                "betas": [0.9, 0.99],
+                "warmup_steps": 5000,
+                "grad_clip": 1.0,
+                "ema_decay": 0.9999,
+                "precision": "bf16",
+            },
+            "sampling": {"num_samples": 50_000, "steps": 50, "guidance": 1.5},
+            "evaluation": {"protocol": "paper"},
+        },
+    }
+
+    def __init__(self, config: VQLCMDConfig | None = None, *, context: MethodContext):
+        super().__init__()
+        self.config = c = config if config is not None else self.Config()
+        self.context = context
+        self.codebook_size, self.grid = int(context.codebook_size), tuple(context.token_grid)
+        self.num_classes = context.num_classes
+        self.schedule = _build_schedule(c)
+        self.embedding = _build_embedding(c, context)
+        d = self.embedding.dim
+        self.denoiser = build_denoiser(
+            dict(context.backbone or {"preset": "tiny"}),
+            grid=self.grid,
+            out_dim=self.codebook_size,
+            input="embeddings",
+            in_dim=d,
+            num_classes=self.num_classes,
+        )
+        self.dropping = RandomDropping(RandomDropping.Config(rate=c.drop_rate, mode=c.drop_mode, dim=d))
+        self.cm = ConsistencyMatching(ConsistencyMatching.Config(weight=c.w_cm, divergence=c.cm_divergence))
+        self.teacher: nn.ModuleDict | None = None
+        if c.w_cm > 0 and c.teacher == "ema":
+            self.teacher = nn.ModuleDict({"denoiser": copy.deepcopy(self.denoiser), "embedding": copy.deepcopy(self.embedding)})
+            self.teacher.requires_grad_(False)
+            self.teacher.eval()
+
+    # -- training ------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the target network never uses dropout
+        return self
+
+    @torch.no_grad()
+    def on_step_end(self) -> None:
+        """EMA update of the teacher (denoiser + embedding) from the live model; call after each optimizer step."""
+        if self.teacher is None:
+            return
+        decay = self.config.ema_decay
+        live = nn.ModuleDict({"denoiser": self.denoiser, "embedding": self.embedding})
+        for p_t, p in zip(self.teacher.parameters(), live.parameters(), strict=True):
+            p_t.lerp_(p.detach(), 1.0 - decay)
+        for b_t, b in zip(self.teacher.buffers(), live.buffers(), strict=True):
+            b_t.copy_(b)
+
+    def _teacher_parts(self) -> tuple[nn.Module, nn.Module]:
+        if self.teacher is not None:
+            return self.teacher["denoiser"], self.teacher["embedding"]
+        return self.denoiser, self.embedding  # "stopgrad": the live model under no_grad
+
+    def _labels_in(self, labels: torch.Tensor | None, b: int, device) -> torch.Tensor | None:
+        if self.num_classes is None:
+            if labels is not None and bool((labels >= 0).any()):
+                raise VQLCMDError("this VQ-LCMD model is unconditional (num_classes=None) but got class labels")
+            return None
+        if labels is None:
+            return torch.full((b,), self.num_classes, dtype=torch.long, device=device)
+        return drop_labels(labels, self.config.label_dropout if self.training else 0.0, num_classes=self.num_classes)
+
+    def _sample_s(self, t: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.cm_s_sampling == "uniform":
+            return c.t_min + (t - c.t_min) * torch.rand_like(t)
+        return (t - c.cm_delta).clamp_min(c.t_min)
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``L = w_rec L_rec + w_dm L_DM + w_prior L_prior + w_cm L_CM`` (METHODS.md §A.2, training step)."""
+        c, sch = self.config, self.schedule
+        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != self.grid:
+            raise VQLCMDError(f"tokens must be 'b h w' with (h, w)={self.grid}, got {tuple(tokens.shape)}")
+        b, dev = tokens.shape[0], tokens.device
+        y = self._labels_in(labels, b, dev)
+        table = self.embedding.weight()
+        z0 = F.embedding(tokens, table)  # "b h w d"
+
+        t = c.t_min + (c.t_max - c.t_min) * torch.rand(b, device=dev)
+        eps = torch.randn_like(z0)
+        a_t, s_t = sch.alpha_sigma(t)
+        z_t = a_t[:, None, None, None] * z0 + s_t[:, None, None, None] * eps
+        z_t_in, mask = self.dropping.drop(z_t)
+
+        t0 = torch.full_like(t, c.t_min)
+        a_0, s_0 = sch.alpha_sigma(t0)
+        z_min = a_0[:, None, None, None] * z0 + s_0[:, None, None, None] * torch.randn_like(z0)
+
+        # one batched pass for the diffusion time t and the reconstruction time t_min
+        logits = self.denoiser(
+            torch.cat([z_t_in, z_min]), torch.cat([t, t0]), None if y is None else torch.cat([y, y])
+        )
+        logits_t, logits_0 = logits[:b], logits[b:]
+
+        l_rec = reconstruction_ce(logits_0, tokens)
+        w = diffusion_weight(
+            sch.logsnr(t), sch.dlogsnr(t), c.dm_weighting, sigmoid_bias=c.sigmoid_bias, max_weight=c.max_weight
+        )
+        l_dm = diffusion_loss(z0, expected_embedding(logits_t.float(), table), w)
+        a_1, s_1 = sch.alpha_sigma(torch.tensor(c.t_max, device=dev))
+        l_prior = prior_kl(z0, a_1, s_1)
+        total = c.w_rec * l_rec + c.w_dm * l_dm + c.w_prior * l_prior
+        terms = {"rec": l_rec.detach(), "dm": l_dm.detach(), "prior": l_prior.detach()}
+        if c.w_cm > 0:
+            l_cm = self._consistency(tokens, z0, z_t, eps, t, y, logits_t, table)
+            total = total + c.w_cm * l_cm
+            terms["cm"] = l_cm.detach()
+        if c.drop_rate > 0:
+            terms["drop_frac"] = self.dropping(mask=mask)
+        terms["loss"] = total.detach()
+        return total, terms
+
+    def _consistency(self, tokens, z0, z_t, eps, t, y, logits_t, table) -> torch.Tensor:
+        """L_CM between the student at ``t`` and the stop-grad teacher at ``s < t`` (METHODS.md §A.2.4)."""
+        c, sch = self.config, self.schedule
+        s = self._sample_s(t)
+        t_den, t_emb = self._teacher_parts()
+        with torch.no_grad():
+            a_s, s_s = sch.alpha_sigma(s)
+            if c.cm_zs == "same-noise":
+                z_s = a_s[:, None, None, None] * z0.detach() + s_s[:, None, None, None] * eps
+            else:
+                if c.cm_step_model == "teacher":
+                    x0_hat = expected_embedding(t_den(z_t.detach(), t, y).float(), t_emb.weight())
+                else:
+                    x0_hat = expected_embedding(logits_t.detach().float(), table.detach())
+                a_t, s_t = sch.alpha_sigma(t)
+                z_s = ddim_step(z_t.detach(), x0_hat, a_t, s_t, a_s, s_s)
+            teacher_logits = t_den(z_s, s, y)
+        return self.cm(student_logits=logits_t, teacher_logits=teacher_logits)
+
+    # -- sampling --------------------------------------------------------------------------------
+    def nfe(self, steps: int | None = None, guidance: float = 1.0) -> int:
+        steps = steps or self.config.sample_steps
+        return steps * (2 if (guidance != 1.0 and self.num_classes is not None) else 1)
+
+    def _posterior(self, labels: torch.Tensor | None, guidance: float):
+        """``(z, t) -> logits`` with classifier-free guidance on logits ``l_null + w (l_y - l_null)`` (§A.3)."""
+        den = self.denoiser
+
+        def posterior(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            b = z.shape[0]
+            if labels is None or self.num_classes is None:
+                return den(z, t, None)
+            null = torch.full_like(labels, self.num_classes)
+            if guidance == 1.0:
+                return den(z, t, labels)
+            both = den(torch.cat([z, z]), torch.cat([t, t]), torch.cat([labels, null]))
+            l_y, l_null = both[:b], both[b:]
+            return l_null + guidance * (l_y - l_null)
+
+        return posterior
+
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: torch.Tensor | None,
+        seeds: torch.Tensor,
+        *,
+        num_samples: int | None = None,
+        steps: int | None = None,
+        guidance: float = 1.0,
+        callback: SampleCallback | None = None,
+        **options: Any,
+    ) -> torch.Tensor:
+        """DDIM in embedding space from ``z_{t_max} ~ N(0, I)`` (per-sample seeds), argmax tokens (§A.3).
+
+        Options: ``temperature`` (softmax temperature of ``z0_hat``, default ``config.sample_temperature``).
+        """
+        from dlbench.seeding import PerSampleRNG
+
+        unknown = set(options) - {"temperature"}
+        if unknown:
+            raise VQLCMDError(f"unknown VQ-LCMD sampling options {sorted(unknown)}; known: ['temperature']")
+        n = len(labels) if labels is not None else num_samples
+        if n is None:
+            raise VQLCMDError("sample() needs labels or num_samples")
+        if len(seeds) != n:
+            raise VQLCMDError(f"got {len(seeds)} seeds for {n} samples; pass one seed per sample")
+        if labels is not None and self.num_classes is None:
+            raise VQLCMDError("this VQ-LCMD model is unconditional; call sample(labels=None, num_samples=...)")
+        dev = next(self.denoiser.parameters()).device
+        was_training = self.training
+        self.eval()
+        try:
+            h, w = self.grid
+            z = PerSampleRNG(seeds, dev).randn(h, w, self.embedding.dim)
+            times = sampling_times(steps or self.config.sample_steps, self.config.t_min, self.config.t_max, device=dev)
+            tokens, _ = sample_ddim(
+                self._posterior(None if labels is None else labels.to(dev), guidance),
+                z,
+                times,
+                self.schedule,
+                self.embedding.weight().float(),
+                temperature=float(options.get("temperature", self.config.sample_temperature)),
+                callback=callback,
+            )
+        finally:
+            self.train(was_training)
+        return tokens
+
+    # -- diagnostics ------------------------------------------------------------------------------
+    def reference_sigma(self) -> float:
+        _, sigma = self.schedule.alpha_sigma(torch.tensor(self.config.diag_t, dtype=torch.float64))
+        return float(sigma)
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """Collapse diagnostics of the table relative to sigma(diag_t) (METHODS.md §A.5), keys ``embed/...``."""
+        out = {f"embed/{k}": v for k, v in self.embedding.diagnostics(self.reference_sigma()).items()}
+        out["embed/sigma_ref"] = self.reference_sigma()
+        return out
+
+    @torch.no_grad()
+    def ce_curve(
+        self, tokens: torch.Tensor, labels: torch.Tensor | None = None, *, points: int | None = None, seed: int = 0
+    ) -> dict[str, list[float]]:
+        """``CE(t) = -mean log P(x | z_t; t)`` over a grid of ``t`` on held-out tokens (METHODS.md §A.5)."""
+        c = self.config
+        was_training = self.training
+        self.eval()
+        try:
+            dev = tokens.device
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            y = None if self.num_classes is None or labels is None else labels.to(dev)
+            table = self.embedding.weight()
+            z0 = F.embedding(tokens, table)
+            eps = torch.randn(z0.shape, generator=gen).to(dev, z0.dtype)
+            ts = torch.linspace(c.t_min, c.t_max, points or c.ce_curve_points).tolist()
+            ces, accs = [], []
+            for tv in ts:
+                t = torch.full((tokens.shape[0],), tv, device=dev)
+                a, s = self.schedule.alpha_sigma(t)
+                logits = self.denoiser(a[:, None, None, None] * z0 + s[:, None, None, None] * eps, t, y)
+                ces.append(reconstruction_ce(logits, tokens).item())
+                accs.append((logits.argmax(-1) == tokens).float().mean().item())
+        finally:
+            self.train(was_training)
+        return {"t": ts, "ce": ces, "accuracy": accs}
+
+    def end_of_training_report(self, tokens: torch.Tensor, labels: torch.Tensor | None) -> dict[str, Any]:
+        curve = self.ce_curve(tokens, labels)
+        return {
+            "ce_curve": curve,
+            "reconstruction_accuracy": curve["accuracy"][0],
+            "uniform_ce": math.log(self.codebook_size),
+            **self.diagnostics(),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablations: same class, other defaults (METHODS.md "Minimal CPU-scale versions / A")
+# ---------------------------------------------------------------------------------------------
+
+
+class CSDMConfig(VQLCMDConfig):
+    """Reconstruction + diffusion only, unshifted cosine, no dropping: the collapse-prone baseline."""
+
+    schedule: Literal["shifted-cosine", "cosine", "linear"] = "cosine"
+    shift: float = 0.0
+    w_prior: float = Field(0.0, ge=0.0)
+    w_cm: float = Field(0.0, ge=0.0)
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class CSDM(VQLCMD):
+    """CSDM: continuous diffusion on learned embeddings, L_rec + L_DM only (collapse-prone baseline)."""
+
+    Config = CSDMConfig
+
+
+class NoDropConfig(VQLCMDConfig):
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class VQLCMDNoDrop(VQLCMD):
+    """VQ-LCMD without random dropping (m_RD = 0)."""
+
+    Config = NoDropConfig
+
+
+class NoShiftConfig(VQLCMDConfig):
+    shift: float = 0.0
+
+
+class VQLCMDNoShift(VQLCMD):
+    """VQ-LCMD with the unshifted cosine schedule (s = 0)."""
+
+    Config = NoShiftConfig
+
+
+class FixedEmbeddingConfig(VQLCMDConfig):
+    embedding: Literal["learnable", "codebook", "one-hot"] = "codebook"
+
+
+class FixedEmbedding(VQLCMD):
+    """VQ-LCMD losses on the tokenizer's frozen (standardised) codebook vectors instead of a learned table."""
+
+    Config = FixedEmbeddingConfig
+    requires: ClassVar[MethodRequirements] = MethodRequirements(
+        inputs="embeddings", conditioning="optional", needs_codebook=True
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+# ---------------------------------------------------------------------------------------------
+
+
+def _build_schedule(c: VQLCMDConfig):
+    cls = CONTINUOUS_SCHEDULES[c.schedule]
+    params: dict[str, Any] = {"t_min": c.t_min, "t_max": c.t_max}
+    if c.schedule == "shifted-cosine":
+        params["shift"] = c.shift
+    elif c.shift != 0.0:
+        raise VQLCMDError(
+            f"shift={c.shift} only applies to schedule='shifted-cosine' (got schedule={c.schedule!r}); "
+            "set shift=0 or schedule='shifted-cosine'"
+        )
+    return cls(cls.Config(**params))
+
+
+def _build_embedding(c: VQLCMDConfig, context: MethodContext):
+    cls = EMBEDDINGS[c.embedding]
+    if c.embedding == "learnable":
+        cfg = cls.Config(dim=c.embed_dim, normalize=c.normalize_embeddings, init_std=c.embed_init_std)
+    elif c.embedding == "codebook":
+        if context.tokenizer is None:
+            raise VQLCMDError(
+                "embedding='codebook' (method fixed-embedding) needs the tokenizer's codebook: build the method "
+                "with MethodContext(tokenizer=...), or use embedding='learnable'"
+            )
+        cfg = cls.Config(standardize=c.standardize_codebook)
+    else:
+        cfg = cls.Config()
+    return cls(cfg, codebook_size=context.codebook_size, tokenizer=context.tokenizer)
