@@ -11,10 +11,10 @@ Each ``check_*`` builds or takes a component, exercises its interface on tiny in
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from dlbench.interfaces import (
     ContinuousSchedule,
@@ -35,27 +35,47 @@ __all__ = [
 ]
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     raise AssertionError(msg)
 
 
-def check_config_roundtrip(config_cls: type[BaseModel]) -> BaseModel:
-    """Defaults validate, JSON round trip is exact, and unknown fields are rejected."""
-    cfg = config_cls()
-    again = config_cls.model_validate(json.loads(json.dumps(cfg.model_dump(mode="json"))))
-    if again != cfg:
-        _fail(f"{config_cls.__name__}: JSON round trip changed the config: {cfg!r} -> {again!r}")
-    try:
-        config_cls.model_validate({**cfg.model_dump(), "__surely_not_a_field__": 1})
-    except Exception:  # noqa: BLE001
-        pass
+def check_config_roundtrip(config: type[BaseModel] | BaseModel) -> BaseModel:
+    """Defaults validate (when given a class), JSON round trip is exact, and unknown fields are rejected.
+
+    Pass an instance for a config with required fields; it is round-tripped instead of the defaults.
+    """
+    if isinstance(config, BaseModel):
+        config_cls, cfg = type(config), config
     else:
-        _fail(f"{config_cls.__name__}: unknown fields are silently accepted (set extra='forbid')")
+        config_cls = config
+        try:
+            cfg = config_cls()
+        except ValidationError as exc:
+            _fail(f"{config_cls.__name__}: the defaults do not validate (give every field a default, "
+                  f"or pass a config instance): {exc}")
+    name = config_cls.__name__
+    dumped = cfg.model_dump(mode="json")
+    try:
+        again = config_cls.model_validate(json.loads(json.dumps(dumped)))
+    except ValidationError as exc:
+        _fail(f"{name}: its own JSON dump does not validate: {exc}")
+    if again != cfg:
+        _fail(f"{name}: JSON round trip changed the config: {cfg!r} -> {again!r}")
+    # Only an ``extra_forbidden`` error counts: any other failure (a validator rejecting the dump) would
+    # otherwise pass for "unknown fields rejected".
+    try:
+        config_cls.model_validate({**dumped, "surely_not_a_field": 1})
+    except ValidationError as exc:
+        if not any(e["type"] == "extra_forbidden" for e in exc.errors()):
+            _fail(f"{name}: adding an unknown field failed for another reason than extra='forbid': {exc}")
+    else:
+        _fail(f"{name}: unknown fields are silently accepted (set extra='forbid')")
     return cfg
 
 
 def check_continuous_schedule(schedule: ContinuousSchedule, n: int = 257) -> None:
-    """Finite log-SNR, monotone non-increasing in t, and alpha^2 + sigma^2 = 1 (VP)."""
+    """Finite log-SNR, monotone non-increasing in t, alpha^2 + sigma^2 = 1 (VP) and
+    ``alpha^2 = sigmoid(lambda)`` (``alpha_sigma`` agrees with ``logsnr``)."""
     t = torch.linspace(0, 1, n, dtype=torch.float64)
     lam = schedule.logsnr(t)
     if lam.shape != t.shape:
@@ -65,12 +85,19 @@ def check_continuous_schedule(schedule: ContinuousSchedule, n: int = 257) -> Non
     if (lam[1:] - lam[:-1] > 1e-9).any():
         _fail("logsnr(t) must be non-increasing in t (more noise at larger t)")
     a, s = schedule.alpha_sigma(t)
+    if a.shape != t.shape or s.shape != t.shape:
+        _fail(f"alpha_sigma(t) shapes {tuple(a.shape)}, {tuple(s.shape)} != t shape {tuple(t.shape)}")
+    a, s = a.double(), s.double()
     if not torch.allclose(a**2 + s**2, torch.ones_like(t), atol=1e-6):
-        _fail("alpha^2 + sigma^2 != 1")
+        _fail("alpha^2 + sigma^2 != 1 (the schedule must be variance preserving)")
+    if not torch.allclose(a**2, torch.sigmoid(lam.double()), atol=1e-5):
+        _fail("alpha_sigma(t) disagrees with logsnr(t): need alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda)")
 
 
 def check_discrete_schedule(schedule: DiscreteSchedule, num_steps: int = 10, num_classes: int = 5) -> None:
-    """Coefficients are probabilities; cumulative products match the one-step coefficients."""
+    """Coefficients are probabilities, ``alpha + K beta + gamma = 1`` per step and cumulatively, and the
+    cumulative ones match the one-step ones: ``alpha_bar = cumprod(alpha)``,
+    ``1 - gamma_bar = cumprod(1 - gamma)`` (METHODS.md B.1)."""
     c = schedule.coefficients(num_steps, num_classes)
     for key in ("alpha", "beta", "gamma", "alpha_bar", "beta_bar", "gamma_bar"):
         if key not in c:
@@ -80,14 +107,20 @@ def check_discrete_schedule(schedule: DiscreteSchedule, num_steps: int = 10, num
             _fail(f"{key} has shape {tuple(v.shape)}, expected ({num_steps},)")
         if (v < -1e-12).any() or (v > 1 + 1e-12).any():
             _fail(f"{key} outside [0, 1]")
-    total = c["alpha"] + num_classes * c["beta"] + c["gamma"]
-    if not torch.allclose(total, torch.ones_like(total), atol=1e-6):
-        _fail("alpha + K*beta + gamma != 1 for some step")
+    c = {k: torch.as_tensor(c[k], dtype=torch.float64) for k in c}
+    for suffix, what in (("", "step"), ("_bar", "cumulative step")):
+        total = c["alpha" + suffix] + num_classes * c["beta" + suffix] + c["gamma" + suffix]
+        if not torch.allclose(total, torch.ones_like(total), atol=1e-6):
+            _fail(f"alpha{suffix} + K*beta{suffix} + gamma{suffix} != 1 for some {what} "
+                  "(transition probabilities must sum to 1)")
     if not torch.allclose(torch.cumprod(c["alpha"], 0), c["alpha_bar"], atol=1e-6, rtol=1e-5):
         _fail("alpha_bar != cumprod(alpha)")
+    if not torch.allclose(1 - torch.cumprod(1 - c["gamma"], 0), c["gamma_bar"], atol=1e-6, rtol=1e-5):
+        _fail("gamma_bar != 1 - cumprod(1 - gamma)")
 
 
 def check_schedule(schedule: Any) -> None:
+    """Dispatch to :func:`check_discrete_schedule` or :func:`check_continuous_schedule` by family."""
     if isinstance(schedule, DiscreteSchedule) or hasattr(schedule, "coefficients"):
         check_discrete_schedule(schedule)
     else:
@@ -106,7 +139,7 @@ def check_method(
     deterministic under fixed seeds and do not depend on the batch they are drawn in."""
     context = context or MethodContext(codebook_size=8, token_grid=(2, 3), num_classes=3)
     cfg = method_cls.Config() if config is None else config
-    check_config_roundtrip(type(cfg))
+    check_config_roundtrip(cfg)
     torch.manual_seed(0)
     m = method_cls(cfg, context=context)
     h, w = context.token_grid
@@ -119,6 +152,8 @@ def check_method(
         _fail("loss must return (scalar, dict of named terms)")
     params = [p for p in m.parameters() if p.requires_grad]
     if params:
+        if not loss.requires_grad:
+            _fail("loss does not require grad: is it computed under torch.no_grad() or detached?")
         loss.backward()
         if not any(p.grad is not None and p.grad.abs().sum() > 0 for p in params):
             _fail("loss does not produce gradients for any parameter")
@@ -138,7 +173,8 @@ def check_method(
     if a.min() < 0 or a.max() >= context.codebook_size:
         _fail(f"sampled tokens outside [0, {context.codebook_size})")
     if not torch.equal(a, b):
-        _fail("sample() is not deterministic for fixed seeds")
+        _fail("sample() is not deterministic for fixed seeds: draw noise from the seeds "
+              "(dlbench.seeding.PerSampleRNG), never from the global RNG")
     if not torch.equal(a, c):
         _fail("sample() depends on batch composition: use per-sample RNG streams (dlbench.seeding)")
     return m
@@ -173,6 +209,7 @@ def check_tokenizer(tokenizer: Any, *, channels: int = 1, resolution: int = 32, 
 
 
 def check_embedding(embedding: Any, codebook_size: int) -> None:
+    """``forward`` maps ``"b n" -> "b n d"`` and is a lookup into ``weight()`` (``"k d"``)."""
     ids = torch.randint(0, codebook_size, (2, 5))
     e = embedding(ids)
     if e.shape != (2, 5, embedding.dim):
@@ -184,11 +221,15 @@ def check_embedding(embedding: Any, codebook_size: int) -> None:
 
 
 def check_dataset(dataset: Any, split: str = "train", n: int = 4) -> None:
+    """The first ``n`` items of ``split`` are ``(uint8 "c H W" at the dataset's resolution, label)`` with
+    labels in ``[0, num_classes)``; the fingerprint is a stable string."""
     ds = dataset.split(split)
     if len(ds) == 0:
         _fail(f"split {split!r} is empty")
     for i in range(min(n, len(ds))):
         img, label = ds[i]
+        if not isinstance(img, torch.Tensor):
+            _fail(f"item {i}: image must be a uint8 torch.Tensor 'c H W', got {type(img).__name__}")
         if img.dtype != torch.uint8 or img.shape != (dataset.channels, dataset.resolution, dataset.resolution):
             _fail(f"item {i}: expected uint8 ({dataset.channels}, {dataset.resolution}, {dataset.resolution}), "
                   f"got {img.dtype} {tuple(img.shape)}")
@@ -200,11 +241,14 @@ def check_dataset(dataset: Any, split: str = "train", n: int = 4) -> None:
 
 
 def check_feature_extractor(extractor: Any, *, channels: int = 3, resolution: int = 32) -> None:
+    """uint8 ``"b c H W" -> "b f"`` finite features, each a function of its own image only."""
     x = torch.randint(0, 256, (3, channels, resolution, resolution), dtype=torch.uint8)
     with torch.no_grad():
         f = extractor.features(x)
         f1 = torch.cat([extractor.features(x[:1]), extractor.features(x[1:])])
     if f.shape != (3, extractor.dim):
         _fail(f"features must be (b, {extractor.dim}); got {tuple(f.shape)}")
+    if not torch.isfinite(f).all():
+        _fail("features are not finite")
     if not torch.allclose(f, f1, atol=1e-4, rtol=1e-4):
         _fail("features depend on the batch they are computed in")

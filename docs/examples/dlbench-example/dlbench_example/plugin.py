@@ -27,7 +27,7 @@ from dlbench.interfaces import (
 
 class PowerLogSNRConfig(ComponentConfig):
     power: float = Field(2.0, gt=0, description="exponent of the noise level")
-    logsnr_max: float = Field(10.0, description="log-SNR at t = 0")
+    logsnr_max: float = Field(10.0, gt=0, description="log-SNR at t = 0 (and -logsnr_max at t = 1)")
 
 
 class PowerLogSNR(ContinuousSchedule):
@@ -40,13 +40,14 @@ class PowerLogSNR(ContinuousSchedule):
 
     def logsnr(self, t: torch.Tensor) -> torch.Tensor:
         # sigma^2 = t^p, alpha^2 = 1 - t^p  ->  lambda = log((1 - t^p) / t^p)
-        eps = math.exp(-abs(self.config.logsnr_max))
+        eps = math.exp(-self.config.logsnr_max)
         s2 = t.clamp(0, 1).pow(self.config.power).clamp(eps / (1 + eps), 1 / (1 + eps))
         return torch.log1p(-s2) - torch.log(s2)
 
 
 class UnigramConfig(ComponentConfig):
-    smoothing: float = Field(1.0, ge=0, description="add-alpha smoothing of the per-position counts")
+    smoothing: float = Field(1.0, ge=0, description="weight of an L2 pull of the logits toward uniform "
+                             "(plays the role of add-alpha smoothing of the counts)")
     temperature: float = Field(1.0, gt=0)
 
 
@@ -71,10 +72,16 @@ class Unigram(Method):
         self.logits = nn.Parameter(torch.zeros(rows, n, self.k))
 
     def _rows(self, labels: torch.Tensor | None, b: int) -> torch.Tensor:
+        """Row of ``self.logits`` per sample: the label, or the unconditional row for ``None``/``-1``."""
         null = self.logits.shape[0] - 1
         if labels is None:
             return torch.full((b,), null, dtype=torch.long, device=self.logits.device)
-        return labels.clamp(max=null)
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.logits.device)
+        # an out-of-range label would silently become another class (or the unconditional row)
+        if len(labels) != b or ((labels < -1) | (labels >= null)).any():
+            allowed = f"class ids in [0, {null}) or -1 (unlabelled)" if null else "-1 (built without classes)"
+            raise ValueError(f"unigram: labels must be {b} {allowed}, or None; got {labels.tolist()}")
+        return torch.where(labels < 0, torch.full_like(labels, null), labels)
 
     def loss(self, tokens, labels):
         b = tokens.shape[0]
@@ -90,6 +97,8 @@ class Unigram(Method):
     def sample(self, labels, seeds, *, num_samples=None, steps=None, guidance=1.0, callback=None, **options):
         from dlbench.seeding import PerSampleRNG
 
+        if options:  # never ignore a sampler option silently
+            raise ValueError(f"unigram: unknown sampling options {sorted(options)}; it takes only guidance")
         b = len(seeds)
         rows = self._rows(labels, b)
         logp = torch.log_softmax(self.logits[rows] / self.config.temperature, -1)  # "b n k"
