@@ -1,0 +1,32 @@
+"""Shared networks: the DiT-style token denoiser, the conv VQ autoencoder tokenizer, parameter EMA."""
+
+from dlbench.nn.denoiser import (
+    BACKBONE_PRESETS,
+    DenoiserConfig,
+    DenoiserConfigError,
+    TokenDenoiser,
+    build_denoiser,
+    drop_labels,
+    resolve_backbone,
+)
+
+__all__ = [
+    "BACKBONE_PRESETS",
+    "DenoiserConfig",
+    "DenoiserConfigError",
+    "TokenDenoiser",
+    "build_denoiser",
+    "drop_labels",
+    "resolve_backbone",
+]
+
+from dlbench.nn.vqvae import VQVAE, VQVAEConfig  # noqa: E402
+
+#: tokenizers shipped with the core, registered by dlbench.builtin as ``tokenizer/<name>``
+TOKENIZERS = {"vqvae": VQVAE}
+
+__all__ += ["VQVAE", "VQVAEConfig", "TOKENIZERS"]
+
+from dlbench.nn.ema import EMA, ema_decay_at  # noqa: E402
+
+__all__ += ["EMA", "ema_decay_at"]

@@ -1,0 +1,123 @@
+"""Plain ``torch.distributed`` for training and sampling (DESIGN.md § Scale past one machine).
+
+Under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) :func:`init_distributed` starts the
+process group (nccl on CUDA, gloo on CPU); otherwise it returns a single-process context and every
+collective below is a no-op. Rank 0 alone writes checkpoints, logs and shows progress.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dlbench.registry import DlbenchError
+
+
+class DeviceError(DlbenchError):
+    pass
+
+
+def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
+    device = str(device)
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+        return torch.device(f"cuda:{local_rank}") if device == "cuda" else torch.device(device)
+    return torch.device(device)
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            if self.backend == "nccl":
+                dist.barrier(device_ids=[self.device.index or 0])
+            else:
+                dist.barrier()
+
+    def all_reduce_min(self, value: float) -> float:
+        """Minimum of a scalar over ranks (used so every rank takes the same stop decision)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self._collective_device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return float(t.item())
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    @property
+    def _collective_device(self) -> torch.device:
+        return self.device if self.backend == "nccl" else torch.device("cpu")
+
+
+def init_distributed(device: str | torch.device = "auto") -> DistContext:
+    """Context from torchrun's env vars; starts the process group when ``WORLD_SIZE > 1``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    dev = resolve_device(device, local_rank)
+    if world <= 1:
+        return DistContext(device=dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend)
+
+
+def wrap_ddp(module: nn.Module, ctx: DistContext) -> nn.Module:
+    """DDP wrapper when distributed, the module itself otherwise. ``find_unused_parameters`` is on
+    because plugin losses may leave parameters unused on some steps (e.g. a null-class row)."""
+    if not ctx.enabled:
+        return module
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+
+def gather_by_index(values: torch.Tensor, indices: torch.Tensor, n: int, ctx: DistContext) -> torch.Tensor:
+    """Reassemble ``"m ..."`` rows that rank ``r`` computed for ``indices`` into ``"n ..."`` in index order
+    (every rank gets the full tensor)."""
+    parts = ctx.all_gather_object((indices.cpu(), values.cpu()))
+    out = torch.empty((n, *values.shape[1:]), dtype=values.dtype)
+    filled = torch.zeros(n, dtype=torch.bool)
+    for idx, val in parts:
+        out[idx] = val
+        filled[idx] = True
+    if not bool(filled.all()):
+        raise RuntimeError(f"gather_by_index: {int((~filled).sum())} of {n} rows missing")
+    return out
