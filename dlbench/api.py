@@ -91,7 +91,10 @@ def run(
     if resume is not None:
         run_dir = RunDir.open(resume)
         saved = load_config_file(run_dir.file("config.json"))
-        diff = {k: v for k, v in config_diff(saved, config.to_dict()).items() if k != "device"}
+        from dlbench.train.loop import RESUMABLE_FIELDS
+
+        # budgets and logging cadence may change (train longer); anything else would mix two experiments
+        diff = {k: v for k, v in config_diff(saved, config.to_dict()).items() if k not in RESUMABLE_FIELDS}
         if diff:
             fields = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ConfigError(f"cannot resume {run_dir.path} with a different config: {fields}")
@@ -107,8 +110,7 @@ def run(
         return RunResult(run_dir, config, metrics)
 
     with run_dir.locked():
-        if resume is None:
-            run_dir.write_json("config.json", config.to_dict())
+        run_dir.write_json("config.json", config.to_dict())
         meta = collect_meta(device=config.device, seeds={"train": config.seed, "sample": config.seed},
                             precision=config.training.precision)
         meta["world_size"] = world

@@ -149,7 +149,7 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         "tokenizer": {"training": {"steps": 3000}},
         "training": {"steps": 2000, "batch_size": 64},
-        "sampling": {"num_samples": 1000, "batch_size": 100},
+        "sampling": {"num_samples": 2000, "batch_size": 250},
         "evaluation": {"protocol": "default"},
     },
     "paper": {

@@ -265,6 +265,9 @@ def train(
                 emit("failure", stage=stage, step=step, reason=reason_text)
                 raise TrainingDiverged(step, reason_text, last_good)
             optimizer.step()
+            hook = getattr(model, "on_step_end", None)
+            if callable(hook):  # method-owned state after each update (e.g. VQ-LCMD's EMA teacher)
+                hook()
             if ema is not None:
                 ema.update(model, ema_decay_at(config.ema_decay, step))
             step += 1

@@ -358,7 +358,7 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
     num_classes = dataset.num_classes if labels is not None else None
     s = cfg.sampling
     s_labels = sample_labels(s.num_samples, num_classes)
-    tokens = sample_tokens(generator, s.num_samples, seed=cfg.seed, labels=s_labels, batch_size=s.batch_size,
+    tokens = sample_tokens(generator, s.num_samples, seed=s.seed, labels=s_labels, batch_size=s.batch_size,
                            steps=s.steps, guidance=s.guidance, options=s.options, ctx=ctx,
                            events=emit if ctx.is_main else None)
     metrics: dict[str, Any] = {
@@ -367,7 +367,9 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
         "engine": _engine_record(result.precision, ctx),
         "tokenizer": {"key": key, "name": cfg.tokenizer.name, "training": tok_info.get("training")},
         "sampling": {"num_samples": s.num_samples, "steps": s.steps, "guidance": s.guidance,
-                     "nfe_per_sample": method.nfe(s.steps, s.guidance), "seed": cfg.seed},
+                     "nfe_per_sample": _nfe(method, s), "seed": s.seed},
+        "seeds": {"train": cfg.seed, "sample": s.seed},
+        "compute": compute_record(method, result, grid, s, ctx),
         "method_diagnostics": _safe_diagnostics(generator),
     }
     if not ctx.is_main:
@@ -382,9 +384,50 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
         ev = evaluate_samples(images[:n], s_labels[:n] if s_labels is not None else None, protocol, dataset,
                               device=ctx.device)
         metrics.update(ev)
+        run_dir.write_json("protocol.json", {**protocol.model_dump(mode="json"), "hash": ev["protocol_hash"]})
         emit("evaluation", protocol_hash=ev["protocol_hash"], metrics=ev["metrics"])
+        emit("eval", step=result.step, **{k: v for k, v in ev["metrics"].items() if isinstance(v, (int, float))})
+    try:
+        report = generator.end_of_training_report(*_heldout_tokens(tokenizer, dataset, key, ctx, labels is not None))
+        if report:
+            metrics["end_of_training"] = report
+    except Exception as exc:  # noqa: BLE001 - optional diagnostics never lose a finished run
+        metrics["end_of_training"] = {"error": f"{type(exc).__name__}: {exc}"}
     run_dir.write_json("metrics.json", metrics)
     return metrics
+
+
+def _heldout_tokens(tokenizer, dataset, key, ctx, labelled: bool, limit: int = 512):
+    split = "test" if "test" in dataset.splits else "train"
+    tokens, labels = tokenize_split(tokenizer, dataset, split, key, ctx)
+    return tokens[:limit].to(ctx.device), (labels[:limit].to(ctx.device) if labelled else None)
+
+
+def _nfe(method: Method, sampling: Any) -> int:
+    try:  # some samplers' cost depends on their options (e.g. VQ-Diffusion's stride)
+        return int(method.nfe(sampling.steps, sampling.guidance, **sampling.options))
+    except TypeError:
+        return int(method.nfe(sampling.steps, sampling.guidance))
+
+
+def compute_record(method: Method, result: Any, grid: tuple[int, int], sampling: Any, ctx: DistContext) -> dict[str, Any]:
+    """Compute columns of the comparison table. ``train_flops`` is the usual transformer estimate
+    6 * params * tokens processed (forward + backward), times the method's forward passes per step
+    (``forwards_per_step``, e.g. 2 when a teacher is evaluated as well); it ignores attention."""
+    params = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    positions = grid[0] * grid[1]
+    forwards = float(getattr(method, "forwards_per_step", 1.0))
+    tokens_seen = result.images_seen * positions
+    return {
+        "params": params,
+        "train_steps": result.step,
+        "images_seen": result.images_seen,
+        "wall_clock_s": round(result.elapsed_s, 2),
+        "nfe": _nfe(method, sampling),
+        "train_flops": 6.0 * params * tokens_seen * forwards,
+        "train_flops_rule": "6 * params * images_seen * positions * forwards_per_step",
+        "world_size": ctx.world_size,
+    }
 
 
 def _safe_diagnostics(method: Any) -> dict[str, float]:

@@ -293,6 +293,12 @@ class VQLCMD(Method):
             teacher_logits = t_den(z_s, s, y)
         return self.cm(student_logits=logits_t, teacher_logits=teacher_logits)
 
+    @property
+    def forwards_per_step(self) -> float:
+        """Training cost per step in units of one forward+backward pass over the batch (for the
+        FLOPs column): the batched t / t_min pass is 2; a teacher forward without backward adds 1/3."""
+        return 2.0 + (1.0 / 3.0 if self.config.w_cm > 0 else 0.0)
+
     # -- sampling --------------------------------------------------------------------------------
     def nfe(self, steps: int | None = None, guidance: float = 1.0) -> int:
         steps = steps or self.config.sample_steps
