@@ -1,0 +1,68 @@
+"""evaluate_samples / evaluate_tokenizer on a tiny Fashion-MNIST stand-in (quick protocol: CPU seconds)."""
+
+import pytest
+import torch
+
+from _eval_data import TinyFashion, fashion
+from dlbench.eval.api import evaluate_samples, evaluate_tokenizer
+from dlbench.eval.domain import DomainClassifierConfig
+from dlbench.eval.protocol import ProtocolError, resolve_protocol
+
+CFG = DomainClassifierConfig(steps=60, max_train_images=3000, max_test_images=500)
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return TinyFashion(3000, 500)
+
+
+def test_quick_protocol_metrics_and_batch_size_independence(ds):
+    p = resolve_protocol("quick", num_generated=64, num_reference=200)
+    x, y = fashion("train", 3000)
+    samples, labels = x[-64:], y[-64:]  # real images stand in for good samples
+    r1 = evaluate_samples(samples, labels, p, ds, batch_size=7, domain_config=CFG)
+    r2 = evaluate_samples(samples, labels, p, ds, batch_size=64, domain_config=CFG)
+    assert r1["metrics"] == pytest.approx(r2["metrics"], rel=1e-9)
+    assert r1["protocol_hash"] == r2["protocol_hash"] != p.hash()  # bound to the reference fingerprint
+    assert r1["protocol"]["reference_fingerprint"] == ds.fingerprint("test")
+    m = r1["metrics"]
+    assert set(m) == {"domain_fd", "domain_is", "domain_class_acc"} and r1["n"] == 64
+    assert m["domain_class_acc"] > 0.5 and m["domain_is"] > 2.0
+    # garbage samples are worse on every domain metric
+    bad = evaluate_samples(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8), labels, p, ds, domain_config=CFG)
+    assert bad["metrics"]["domain_fd"] > 5 * m["domain_fd"]
+    assert bad["metrics"]["domain_class_acc"] < m["domain_class_acc"]
+    unc = evaluate_samples(samples, None, p, ds, domain_config=CFG)
+    assert "domain_class_acc" in unc["unavailable"]
+
+
+def test_wrong_sample_count_is_refused(ds):
+    p = resolve_protocol("quick", num_generated=64)
+    with pytest.raises(ProtocolError, match="num_generated=64"):
+        evaluate_samples(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), None, p, ds)
+
+
+class _PatchTokenizer(torch.nn.Module):
+    """Quantises each 7x7 patch mean to one of 8 levels: a tokenizer with known behaviour."""
+
+    codebook_size = 8
+
+    def encode(self, x):
+        m = torch.nn.functional.avg_pool2d(x, 7)[:, 0]
+        return ((m + 1) / 2 * 7).round().long().clamp(0, 7)
+
+    def decode(self, t):
+        v = t.float() / 7 * 2 - 1
+        return v[:, None].repeat_interleave(7, -1).repeat_interleave(7, -2)
+
+
+def test_evaluate_tokenizer_quick(ds):
+    p = resolve_protocol("quick", num_generated=64)
+    tok = _PatchTokenizer()
+    r = evaluate_tokenizer(tok, ds, "test", p, batch_size=10, domain_config=CFG)
+    r2 = evaluate_tokenizer(tok, ds, "test", p, batch_size=64, domain_config=CFG)
+    assert r["metrics"] == pytest.approx(r2["metrics"], rel=1e-9)
+    m = r["metrics"]
+    assert 0 < m["codebook_usage"] <= 100 and m["dead_codes"] == 8 - round(m["codebook_usage"] * 8 / 100)
+    assert 5 < m["psnr"] < 40 and 0 < m["ssim"] < 1 and m["domain_rfd"] > 0
+    assert "rfid" in r["unavailable"]
