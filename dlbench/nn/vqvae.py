@@ -42,7 +42,7 @@ class VQVAEConfig(ComponentConfig):
     """Options of the conv VQ autoencoder (defaults: f4 on 32x32 -> 8x8 tokens, K=256, d=32)."""
 
     downsample: int = 4
-    channels: int = 64
+    channels: int = 32
     res_blocks: int = 1
     codebook_size: int = 256
     code_dim: int = 32
@@ -50,7 +50,7 @@ class VQVAEConfig(ComponentConfig):
     beta: float = 0.25
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
-    restart_every: int = 0
+    restart_every: int = 250
     restart_threshold: float = 1.0
     recon_loss: Literal["l1", "mse"] = "mse"
 

@@ -104,7 +104,7 @@ def tokenizer_key(cfg: Any, dataset: ImageDataset) -> str:
         "tokenizer": cfg.tokenizer.name,
         "params": cfg.tokenizer.params,
         "training": cfg.tokenizer.training.model_dump(mode="json"),
-        "seed": cfg.seed,
+        "seed": cfg.tokenizer.seed,
     })
 
 
@@ -126,7 +126,7 @@ def get_tokenizer(
     folder = cache_root() / "tokenizers" / key
     weights = folder / "tokenizer.pt"
     emit = _events(run_dir, ctx)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.tokenizer.seed)
     tokenizer = build_tokenizer(cfg, dataset)
     if weights.is_file():
         tokenizer.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -139,9 +139,10 @@ def get_tokenizer(
         tcfg = cfg.tokenizer.training
         result = train(
             tokenizer, lambda m, batch: m.training_loss(to_float_images(batch[0])),
-            TensorBatches(images, batch_size=tcfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world_size),
+            TensorBatches(images, batch_size=tcfg.batch_size, seed=cfg.tokenizer.seed, rank=ctx.rank,
+                          world=ctx.world_size),
             tcfg, ctx=ctx, checkpoint_dir=folder / "checkpoints", resume=True,
-            config_record={"tokenizer_key": key}, events=emit, stage="tokenizer_train", seed=cfg.seed,
+            config_record={"tokenizer_key": key}, events=emit, stage="tokenizer_train", seed=cfg.tokenizer.seed,
         )
         final = result.ema.shadow if result.ema is not None else tokenizer
         if final is not tokenizer:
@@ -368,7 +369,7 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
         "tokenizer": {"key": key, "name": cfg.tokenizer.name, "training": tok_info.get("training")},
         "sampling": {"num_samples": s.num_samples, "steps": s.steps, "guidance": s.guidance,
                      "nfe_per_sample": _nfe(method, s), "seed": s.seed},
-        "seeds": {"train": cfg.seed, "sample": s.seed},
+        "seeds": {"train": cfg.seed, "sample": s.seed, "tokenizer": cfg.tokenizer.seed},
         "compute": compute_record(method, result, grid, s, ctx),
         "method_diagnostics": _safe_diagnostics(generator),
     }

@@ -244,9 +244,10 @@ VQDiffusion.presets = {
         # Fashion-MNIST 32x32 -> 8x8 tokens on CPU; METHODS.md "Minimal CPU-scale versions" B
         "method": {"params": {"num_steps": 50, "aux_weight": 1e-3, "label_drop": 0.1}},
         "backbone": {"preset": "tiny"},
-        "training": {"steps": 2000, "batch_size": 64, "lr": 5e-4, "weight_decay": 4.5e-2, "betas": (0.9, 0.96),
+        # the budget (steps, batch) and sampling NFE come from the shared base preset (dlbench.config)
+        "training": {"lr": 5e-4, "weight_decay": 4.5e-2, "betas": (0.9, 0.96),
                      "warmup_steps": 100, "grad_clip": 1.0, "ema_decay": 0.999},
-        "sampling": {"steps": 50, "guidance": 1.0, "options": {"sampler": "ancestral", "truncation": 0.86}},
+        "sampling": {"guidance": 1.0, "options": {"sampler": "ancestral", "truncation": 0.86}},
         "evaluation": {"protocol": "default"},
     },
     "paper": {

@@ -128,12 +128,10 @@ class VQLCMD(Method):
             "evaluation": {"protocol": "quick"},
         },
         "default": {
-            # Fashion-MNIST 32x32 -> 8x8 tokens, K=256, tiny backbone, ~3-5 min on 2 CPU cores
+            # Fashion-MNIST 32x32 -> 8x8 tokens, K=256, tiny backbone; budget and NFE from the base preset
             "method": {"params": {"embed_dim": 16, "sample_steps": 50}},
             "backbone": {"preset": "tiny", "params": {}},
             "training": {
-                "steps": 1000,
-                "batch_size": 64,
                 "lr": 5e-4,
                 # why 0: weight decay on the table is itself a shrinkage (collapse) pressure
                 "weight_decay": 0.0,
@@ -143,7 +141,7 @@ class VQLCMD(Method):
                 "ema_decay": 0.999,
                 "precision": "fp32",
             },
-            "sampling": {"num_samples": 1000, "steps": 50, "guidance": 1.0},
+            "sampling": {"guidance": 1.0},
             "evaluation": {"protocol": "default"},
         },
         "paper": {
