@@ -170,7 +170,9 @@ def convert_fid_helper_weights(
     (max abs diff of pool3 features <= :data:`CONVERSION_TOL`) and written atomically with a JSON
     sidecar recording the check. Returns the sidecar dict.
     """
-    ts = torch.jit.load(str(torchscript_path), map_location="cpu").eval()
+    with warnings.catch_warnings():  # the bundled file is TorchScript; its deprecation notice is noise here
+        warnings.simplefilter("ignore", FutureWarning)
+        ts = torch.jit.load(str(torchscript_path), map_location="cpu").eval()
     src = ts.state_dict()
     groups: list[tuple[str, dict[str, torch.Tensor]]] = []
     for key, value in src.items():
