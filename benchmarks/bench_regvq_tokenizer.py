@@ -9,16 +9,19 @@ f4: 32x32 -> 8x8 tokens) and reports, on held-out test images:
   dlbench's Fashion-MNIST domain classifier, ``dlbench.eval.domain``) -- not Inception FID, which runs
   at ~10 img/s on this CPU.
 
-Variants, in the paper's ablation order: ``vq`` (``tokenizer/vqvae``, straight-through) and the
-registered ``regvq-*`` tokenizers. Usage::
+Variants, in the paper's ablation order: the registered ``regvq-*`` tokenizers (``regvq-vq`` is plain VQ,
+the same objective and architecture as ``tokenizer/vqvae``, tested) and ``vq`` (``tokenizer/vqvae``
+itself). ``--logits`` sets ``RegVQConfig.logits`` (``adaptive`` default, ``fixed`` = the old
+``logit_scale = 1`` behaviour). One variant per process with ``--threads 1`` lets two run side by side::
 
-    PYTHONPATH=.:plugins python benchmarks/bench_regvq_tokenizer.py [--steps 600] [--variants vq,regvq]
+    PYTHONPATH=.:plugins python benchmarks/bench_regvq_tokenizer.py [--steps 1500] [--variants regvq-vq,regvq] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -34,11 +37,13 @@ ARCH = dict(codebook_size=512, code_dim=32, channels=32, res_blocks=1, recon_los
 ORDER = ["vq", "regvq-vq", "regvq-prior", "regvq-prior-mask", "regvq-prior-mask-cl", "regvq", "regvq-gumbel"]
 
 
-def build(name: str, steps: int) -> torch.nn.Module:
+def build(name: str, steps: int, logits: str = "adaptive", entropy_weight: float | None = None) -> torch.nn.Module:
     if name == "vq":
         return VQVAE(VQVAEConfig(**ARCH), channels=1, resolution=32)
     cfg_cls = RegVQConfig if name == "regvq" else VARIANT_CONFIGS[name]
-    cfg = cfg_cls(**ARCH, tau_anneal_steps=steps)
+    cfg = cfg_cls(**ARCH, tau_anneal_steps=steps, logits=logits)
+    if entropy_weight is not None:
+        cfg.prior.entropy_weight = entropy_weight
     cfg.contrastive.num_patches = 32
     # 32 px stem input (15/13/4 px maps) keeps the frozen-feature pass cheap on a 2-core CPU
     cfg.contrastive.extractor_params = {"resize": 32}
@@ -51,12 +56,17 @@ def to_u8(x: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-images", type=int, default=1000)
-    ap.add_argument("--variants", default="vq,regvq-prior,regvq-prior-mask,regvq")
+    ap.add_argument("--variants", default="regvq-vq,regvq-prior,regvq-prior-mask,regvq-prior-mask-cl,regvq")
+    ap.add_argument("--logits", default="adaptive", help="RegVQConfig.logits for the regvq-* variants")
+    ap.add_argument("--json", default="", help="also write the JSON summary to this file")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--prior-entropy-weight", type=float, default=None,
+                    help="override prior.entropy_weight; name variants e.g. regvq-prior@ent1 to keep rows apart")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,7 +90,7 @@ def main() -> None:
     ]
     for name in names:
         torch.manual_seed(args.seed)
-        tok = build(name, args.steps).train()
+        tok = build(name.split("@")[0], args.steps, args.logits, args.prior_entropy_weight).train()
         opt = torch.optim.Adam(tok.parameters(), lr=args.lr)
         g = torch.Generator().manual_seed(args.seed)  # same batches for every variant
         t0 = time.perf_counter()
@@ -90,6 +100,9 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if (step + 1) % args.log_every == 0:
+                print(f"  {name} step {step + 1}/{args.steps} loss {float(loss.detach()):.4f} "
+                      f"ppl {float(terms['perplexity']):.1f} ({time.perf_counter() - t0:.0f}s)", flush=True)
         train_s = time.perf_counter() - t0
         tok.eval()
         acc = TokenizerMetricsAccumulator(tok.codebook_size)
@@ -106,6 +119,7 @@ def main() -> None:
         norms = tok.codebook().norm(dim=1)
         m["near_zero_norm_codes"] = float((norms < 0.1 * norms.median().clamp_min(1e-12)).sum())
         m["train_seconds"] = train_s
+        m["ms_per_step"] = 1000 * train_s / args.steps
         m["final_loss_terms"] = {k: round(float(v), 4) for k, v in terms.items()}
         src = getattr(getattr(tok, "contrastive_reg", None), "source", None)
         if src:
@@ -116,8 +130,13 @@ def main() -> None:
             f"  psnr {m['psnr']:5.2f}  ssim {m['ssim']:.3f}  domainFD {m['domain_fd']:7.2f}  ({train_s:.0f}s)",
             flush=True,
         )
-    print(json.dumps({"args": vars(args), "arch": ARCH, "torch": torch.__version__, "machine": platform.machine(),
-                      "domain_classifier_test_acc": clf_info["test_accuracy"], "results": results}, indent=1))
+    summary = {"args": vars(args), "arch": ARCH, "torch": torch.__version__, "machine": platform.machine(),
+               "processor": platform.processor(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "domain_classifier_test_acc": clf_info["test_accuracy"], "results": results}
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=1)
 
 
 if __name__ == "__main__":

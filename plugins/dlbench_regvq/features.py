@@ -66,7 +66,9 @@ def _load_stem(path: Path) -> tuple[nn.Module, str]:
     if key not in _CACHE:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
-            ts = torch.jit.load(str(path), map_location="cpu").eval()
+            with warnings.catch_warnings():  # the bundled file is TorchScript; its deprecation notice is noise here
+                warnings.simplefilter("ignore", FutureWarning)
+                ts = torch.jit.load(str(path), map_location="cpu").eval()
         layers = ts.net.layers
         missing = [n for n in STEM if not hasattr(layers, n)]
         if missing:

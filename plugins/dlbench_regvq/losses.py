@@ -2,6 +2,8 @@
 
 - :func:`prior_kl`: ``KL(P_post || uniform) = log K - H(P_post)`` on the batch-averaged soft
   token distribution (C.2).
+- :func:`mean_entropy`: mean per-position entropy ``E_i H(p_i)``; ``prior_kl + mean_entropy`` is
+  ``log K - I(code; position)`` (the MAGVIT-v2 / LFQ entropy loss; C.2 "pitfall").
 - :func:`pcl_weights`: per-position weights ``||z_sampled - z_best||^2`` normalised per image (C.4).
 - :func:`sample_patch_locations` / :func:`gather_patches`: PatchNCE sampling of L feature positions.
 - :func:`patch_nce`: (probabilistic) patch-wise InfoNCE between features of input and reconstruction.
@@ -15,7 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["prior_kl", "pcl_weights", "sample_patch_locations", "gather_patches", "locations_to_tokens", "patch_nce"]
+__all__ = ["prior_kl", "mean_entropy", "pcl_weights", "sample_patch_locations", "gather_patches", "locations_to_tokens", "patch_nce"]
 
 
 def prior_kl(probs: torch.Tensor) -> torch.Tensor:
@@ -29,6 +31,18 @@ def prior_kl(probs: torch.Tensor) -> torch.Tensor:
     # p log p with 0 log 0 = 0; clamp only inside the log so gradients stay finite at p = 0
     entropy = -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum()
     return math.log(k) - entropy
+
+
+def mean_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean per-position entropy ``(1/N) sum_i H(p_i)``: ``"... k" -> ""`` (C.2 implementation note).
+
+    ``prior_kl(p) + mean_entropy(p) = log K - [H(mean_i p_i) - mean_i H(p_i)] = log K - I(code; position)``:
+    0 iff every position is one-hot and the codes are used uniformly; it blocks the escape route of the
+    plain prior KL, raising ``H(mean)`` by flattening every ``p_i`` (then it equals ``log K``, like collapse).
+    """
+    k = probs.shape[-1]
+    p = probs.reshape(-1, k)
+    return -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(-1).mean()
 
 
 def pcl_weights(z_sampled: torch.Tensor, z_best: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "squared_distances",
     "distance_logits",
+    "adaptive_distance_logits",
     "st_argmax",
     "gumbel_softmax_st",
     "gumbel_temperature",
@@ -28,14 +30,44 @@ __all__ = [
 ]
 
 
-def distance_logits(z: torch.Tensor, codebook: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Gumbel-VQ style logits ``-scale * ||z - e_k||^2``: ``"b h w d", "k d" -> "b h w k"`` (C.1)."""
-    d2 = (
+def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """``||z - e_k||^2``: ``"b h w d", "k d" -> "b h w k"`` (expanded form, clamped at 0)."""
+    return (
         z.pow(2).sum(-1, keepdim=True)
         - 2 * torch.einsum("bhwd,kd->bhwk", z, codebook)
         + codebook.pow(2).sum(-1)
     ).clamp_min(0)
-    return -scale * d2
+
+
+def distance_logits(z: torch.Tensor, codebook: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Gumbel-VQ style logits ``-scale * ||z - e_k||^2``: ``"b h w d", "k d" -> "b h w k"`` (C.1).
+
+    A fixed ``scale`` is only informative when it matches the spread of the distances between codes;
+    see :func:`adaptive_distance_logits` for the scale-free version (docs/methods/regvq.md).
+    """
+    return -scale * squared_distances(z, codebook)
+
+
+def adaptive_distance_logits(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.25) -> torch.Tensor:
+    """Distance logits with a per-position temperature tied to the distance spread (C.1, C.2):
+    ``"b h w d", "k d" -> "b h w k"``.
+
+    ``logits_ik = -||z_i - e_k||^2 / (T * sg(std_k ||z_i - e_k||^2))``: the Gaussian-mixture posterior
+    ``p(k | z_i) ~ exp(-||z_i - e_k||^2 / (2 sigma_i^2))`` with ``2 sigma_i^2`` measured in units of the
+    spread of position i's own distances, so the logits have standard deviation ``1/T`` over the codes
+    whatever the scale of codes and encoder outputs (at the Taming init, codes ~ +-1/K, the distances
+    differ by ~1e-3 and any fixed scale gives a flat softmax). The normaliser is detached: it acts as a
+    temperature, not as a loss path, and the prior KL cannot lower its value by flattening every
+    distribution through a uniform rescaling of the distances (the C.2 pitfall). The map is monotone per
+    position, so ``argmax`` is still the nearest code.
+    """
+    if not temperature > 0:
+        raise ValueError(f"logit temperature must be > 0, got {temperature}")
+    d2 = squared_distances(z, codebook)
+    spread = d2.detach().std(-1, keepdim=True)
+    # guard a degenerate codebook (all codes equal -> spread 0): fall back to a relative floor
+    spread = spread.clamp_min(1e-6 * d2.detach().mean(-1, keepdim=True) + 1e-20)
+    return -d2 / (temperature * spread)
 
 
 def st_argmax(logits: torch.Tensor) -> torch.Tensor:

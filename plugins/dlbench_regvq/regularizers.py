@@ -20,7 +20,15 @@ from pydantic import Field
 
 from dlbench.interfaces import ComponentConfig, Regularizer
 
-from .losses import gather_patches, locations_to_tokens, patch_nce, pcl_weights, prior_kl, sample_patch_locations
+from .losses import (
+    gather_patches,
+    locations_to_tokens,
+    mean_entropy,
+    patch_nce,
+    pcl_weights,
+    prior_kl,
+    sample_patch_locations,
+)
 from .quantize import bernoulli_mask, mix_by_mask
 
 __all__ = [
@@ -30,13 +38,20 @@ __all__ = [
 
 
 class PriorKLConfig(ComponentConfig):
-    """``weight`` of ``KL(P_post || uniform)`` in the tokenizer loss (0 disables it; the paper gives none)."""
+    """``weight`` of the prior term in the tokenizer loss (0 disables it; the paper gives none).
+
+    ``entropy_weight`` lambda: the term is ``KL(P_post || uniform) + lambda * mean_i H(p_i)``; lambda = 1 makes it
+    ``log K - I(code; position)`` (default; C.2 pitfall; docs/methods/regvq.md "Prior KL"), 0 is the paper's
+    bare KL, which collapsed the hard code usage in benchmarks/results/regvq_tokenizer.md.
+    """
 
     weight: float = Field(0.1, ge=0)
+    entropy_weight: float = Field(1.0, ge=0)
 
 
 class PriorKL(Regularizer):
-    """Prior distribution regularization: KL(batch-averaged soft token distribution || uniform)."""
+    """Prior distribution regularization: KL(batch-averaged soft token distribution || uniform)
+    (+ ``entropy_weight`` x mean per-position entropy)."""
 
     Config = PriorKLConfig
     stage: ClassVar = "tokenizer"
@@ -50,7 +65,10 @@ class PriorKL(Regularizer):
             if logits is None:
                 raise TypeError("prior-kl needs 'probs' or 'logits' ('b h w k')")
             probs = logits.float().softmax(-1)
-        return prior_kl(probs)
+        kl = prior_kl(probs)
+        if self.config.entropy_weight > 0:
+            kl = kl + self.config.entropy_weight * mean_entropy(probs)
+        return kl
 
 
 class StochasticMaskConfig(ComponentConfig):

@@ -3,13 +3,16 @@
 Reuses :class:`dlbench.nn.vqvae.VQVAE` (encoder, decoder, codebook, ``encode``/``decode``, dead-code
 restarts, its regularizer hook list) and replaces the training objective with Reg-VQ's:
 
-- per-position distribution over the K codes, ``softmax(logits)`` with ``logits = -s ||z_e - e_k||^2``;
+- per-position distribution over the K codes, ``softmax(logits)`` with distance logits
+  ``-||z_e - e_k||^2 / (T * sg(std_k ||z_e - e_k||^2))`` (temperature tied to the distance spread;
+  ``logits="fixed"``: ``-s ||z_e - e_k||^2``);
 - deterministic path: the nearest code (= argmax), with the VQ-VAE straight-through estimator
   (``estimator="vq-st"``) or Algorithm 1's softmax straight-through (``"softmax-st"``);
 - stochastic mask (C.3): Bernoulli(ratio) positions take a Gumbel-sampled code (Gumbel-softmax ST,
   temperature annealed geometrically from ``tau_start`` to ``tau_end``);
-- prior KL (C.2) on the batch-averaged soft distribution, and the (probabilistic) contrastive loss
-  (C.4) between input and reconstruction features.
+- prior KL (C.2) on the batch-averaged soft distribution (+ mean per-position entropy,
+  ``prior.entropy_weight``), and the (probabilistic) contrastive loss (C.4) between input and
+  reconstruction features.
 
 ``encode`` stays deterministic (argmax). With every regularizer disabled and ``estimator="vq-st"``
 the objective is exactly ``tokenizer/vqvae``'s (tested).
@@ -30,7 +33,14 @@ from pydantic import Field, create_model
 
 from dlbench.nn.vqvae import VQVAE, TokenizerConfigError, VQVAEConfig
 
-from .quantize import distance_logits, gumbel_softmax_st, gumbel_temperature, st_argmax
+from .quantize import (
+    adaptive_distance_logits,
+    distance_logits,
+    gumbel_softmax_st,
+    gumbel_temperature,
+    squared_distances,
+    st_argmax,
+)
 from .regularizers import (
     ContrastiveConfig,
     PriorKL,
@@ -46,7 +56,10 @@ __all__ = ["RegVQConfig", "RegVQTokenizer", "ABLATIONS", "VARIANT_CONFIGS"]
 class RegVQConfig(VQVAEConfig):
     """Reg-VQ tokenizer options (defaults = full Reg-VQ; disable a part with weight/ratio 0).
 
-    ``logit_scale`` s in ``logits = -s ||z_e - e_k||^2``; ``tau_*``: Gumbel-softmax temperature
+    ``logits``: how the per-position distribution over codes is formed (docs/methods/regvq.md, "Logits"):
+    ``"adaptive"`` (default) ``-||z_e - e_k||^2 / (logit_temperature * sg(std_k ||z_e - e_k||^2))``;
+    ``"fixed"`` ``-logit_scale * ||z_e - e_k||^2`` (Gumbel-VQ style; flat at the codebook init unless
+    ``logit_scale`` is ~1e3 or more). ``tau_*``: Gumbel-softmax temperature
     schedule (``tau_anneal_steps = 0``: fixed ``tau_start``); ``prior``, ``mask``, ``contrastive``:
     the configs of ``regularizer/prior-kl``, ``regularizer/stochastic-mask``,
     ``regularizer/probabilistic-contrastive``.
@@ -54,7 +67,9 @@ class RegVQConfig(VQVAEConfig):
 
     recon_loss: Literal["l1", "mse"] = "l1"  # C.3's reconstruction term is L1
     estimator: Literal["vq-st", "softmax-st"] = "vq-st"
-    logit_scale: float = Field(1.0, gt=0)
+    logits: Literal["adaptive", "fixed"] = "adaptive"
+    logit_temperature: float = Field(0.25, gt=0)  # adaptive: logits have std 1/T over the codes
+    logit_scale: float = Field(1.0, gt=0)  # fixed only
     tau_start: float = Field(1.0, gt=0)
     tau_end: float = Field(1.0 / 16, gt=0)
     tau_anneal_steps: int = Field(0, ge=0)
@@ -85,6 +100,13 @@ class RegVQTokenizer(VQVAE):
         c = self.config
         return gumbel_temperature(int(self.train_steps), c.tau_start, c.tau_end, c.tau_anneal_steps)
 
+    def code_logits(self, z_e: torch.Tensor) -> torch.Tensor:
+        """Per-position logits over the codes: ``"b h w d" -> "b h w k"`` (float32; see ``RegVQConfig.logits``)."""
+        c, E = self.config, self.embedding.float()
+        if c.logits == "adaptive":
+            return adaptive_distance_logits(z_e.float(), E, c.logit_temperature)
+        return distance_logits(z_e.float(), E, c.logit_scale)
+
     def quantize_probabilistic(self, z_e: torch.Tensor, *, stochastic: bool) -> dict[str, torch.Tensor]:
         """Reg-VQ quantization of ``z_e "b h w d"`` (Algorithm 1).
 
@@ -93,7 +115,7 @@ class RegVQTokenizer(VQVAE):
         and ``z_q "b h w d"`` (decoder input, straight-through), plus the VQ terms ``commit``, ``codebook``.
         """
         E = self.embedding
-        logits = distance_logits(z_e.float(), E.float(), self.config.logit_scale)
+        logits = self.code_logits(z_e)
         best = logits.argmax(-1)
         z_best = F.embedding(best, E)
         if self.config.estimator == "vq-st":
@@ -135,8 +157,8 @@ class RegVQTokenizer(VQVAE):
             )
             loss = loss + c.contrastive.weight * terms[name]
         tensors = dict(
-            logits=q["logits"], distances=-q["logits"] / c.logit_scale, probs=q["probs"], z_e=z_e, z_q=q["z_q"],
-            codes=q["best"], images=images, recon=recon,
+            logits=q["logits"], distances=squared_distances(z_e.float(), self.embedding.float()), probs=q["probs"],
+            z_e=z_e, z_q=q["z_q"], codes=q["best"], images=images, recon=recon,
         )
         for name, weight, module in self.regularizers:  # hook list of the base autoencoder (e.g. VF alignment)
             terms[name] = module(**tensors)

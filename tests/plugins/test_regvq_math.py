@@ -11,17 +11,21 @@ import torch.nn.functional as F
 from dlbench_regvq.losses import (
     gather_patches,
     locations_to_tokens,
+    mean_entropy,
     patch_nce,
     pcl_weights,
     prior_kl,
     sample_patch_locations,
 )
 from dlbench_regvq.quantize import (
+    adaptive_distance_logits,
     bernoulli_mask,
     code_usage,
+    distance_logits,
     gumbel_softmax_st,
     gumbel_temperature,
     mix_by_mask,
+    squared_distances,
     st_argmax,
 )
 
@@ -52,12 +56,110 @@ def test_prior_kl_zero_for_uniform_usage_and_logk_for_collapse():
     assert prior_kl(half).item() == pytest.approx(math.log(2), abs=1e-12)
 
 
+def test_prior_kl_plus_mean_entropy_is_logk_minus_mutual_information_float64():
+    """The entropy-augmented prior (``prior.entropy_weight = 1``) is log K - I(code; position): it scores
+    "every position flat" like collapse (log K), whereas the bare KL scores it as perfect (0)."""
+    k = 8
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(5, 6, k, generator=g, dtype=torch.float64) * 3, -1)
+    joint = probs.reshape(-1, k) / 30  # p(position, code) with uniform positions
+    marg = joint.sum(0)
+    mi = (joint * (joint / (marg[None] / 30)).log()).sum()  # brute-force I(code; position)
+    total = prior_kl(probs) + mean_entropy(probs)
+    assert total.item() == pytest.approx(math.log(k) - mi.item(), abs=1e-12)
+    flat = torch.full((4, k), 1.0 / k, dtype=torch.float64)
+    assert prior_kl(flat).item() == pytest.approx(0.0, abs=1e-12)
+    assert (prior_kl(flat) + mean_entropy(flat)).item() == pytest.approx(math.log(k), abs=1e-12)
+    uniform_onehot = F.one_hot(torch.arange(2 * k) % k, k).double()
+    assert (prior_kl(uniform_onehot) + mean_entropy(uniform_onehot)).item() == pytest.approx(0.0, abs=1e-12)
+
+
 def test_prior_kl_gradient_finite_with_unused_codes():
     logits = torch.full((2, 3, 4), -1e4, dtype=torch.float64)
     logits[..., 0] = 0.0
     logits.requires_grad_(True)
     prior_kl(logits.softmax(-1)).backward()
     assert torch.isfinite(logits.grad).all()
+
+
+# -- distance logits (C.1): temperature tied to the distance spread ------------------------------
+
+
+def _taming_init(k, d, g):
+    """Codebook ``"k d"`` as dlbench's VQVAE initialises it: U(-1/K, 1/K)."""
+    return (torch.rand(k, d, generator=g, dtype=torch.float64) * 2 - 1) / k
+
+
+def _entropy(p):
+    return -(p * p.clamp_min(1e-300).log()).sum(-1)
+
+
+def test_adaptive_logits_keep_nearest_code_have_std_one_over_t_and_are_scale_free():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 3, 3, 6, generator=g, dtype=torch.float64)
+    e = torch.randn(20, 6, generator=g, dtype=torch.float64)
+    logits = adaptive_distance_logits(z, e, temperature=0.5)
+    # monotone per position: argmax = nearest code (encode stays the plain VQ assignment)
+    assert torch.equal(logits.argmax(-1), squared_distances(z, e).argmin(-1))
+    # by construction the logits spread over the codes is exactly 1/T at every position
+    torch.testing.assert_close(logits.std(-1), torch.full((2, 3, 3), 2.0, dtype=torch.float64))
+    # invariant to a common rescaling and translation of codes and encoder outputs, up to a per-position
+    # constant (softmax-invariant)
+    shift = torch.randn(6, generator=g, dtype=torch.float64)
+    moved = adaptive_distance_logits(1e-3 * (z + shift), 1e-3 * (e + shift), temperature=0.5)
+    torch.testing.assert_close(moved.softmax(-1), logits.softmax(-1))
+
+
+def test_adaptive_logits_at_init_are_peaked_per_position_but_uniform_on_average():
+    """The fix of the flat-softmax problem: with the Taming init (codes ~ +-1/K) a fixed scale gives
+    per-position entropy ~ log K, so prior KL and Gumbel samples carry no information; the adaptive
+    temperature gives peaked per-position distributions whose batch average is still near uniform."""
+    g = torch.Generator().manual_seed(0)
+    k, d = 512, 32
+    e = _taming_init(k, d, g)
+    z = torch.randn(8, 8, 8, d, generator=g, dtype=torch.float64)  # 512 positions, varied encoder outputs
+    fixed = distance_logits(z, e, 1.0).softmax(-1)
+    adaptive = adaptive_distance_logits(z, e, 0.25).softmax(-1)
+    log_k = math.log(k)
+    assert _entropy(fixed).mean() > log_k - 1e-3  # the bug: flat everywhere
+    assert _entropy(adaptive).mean() < log_k - 3.0  # peaked: ~2.2 nats, i.e. ~10 plausible codes
+    assert _entropy(adaptive.reshape(-1, k).mean(0)) > log_k - 0.5  # average usage still near uniform
+
+
+def test_prior_kl_sees_hard_collapse_only_with_adaptive_logits():
+    """All encoder outputs near one point -> hard usage collapsed to a few codes (KL_hard > 4 nats). The soft
+    prior KL on fixed-scale logits is ~0 (no signal, tiny gradient); on adaptive logits it reports a
+    large KL and its gradient reaches the codebook."""
+    g = torch.Generator().manual_seed(1)
+    k, d = 512, 32
+    e0 = _taming_init(k, d, g)
+    noise = torch.randn(4, 8, 8, d, generator=g, dtype=torch.float64)
+    z = torch.randn(d, generator=g, dtype=torch.float64) + 0.05 * noise
+    counts = torch.bincount(squared_distances(z, e0).argmin(-1).flatten(), minlength=k).double()
+    kl_hard = math.log(k) - _entropy(counts / counts.sum()).item()
+    assert kl_hard > 4.0  # a handful of codes out of 512
+    results = {}
+    logit_fns = {
+        "fixed": lambda e: distance_logits(z, e, 1.0),
+        "adaptive": lambda e: adaptive_distance_logits(z, e, 0.25),
+    }
+    for name, fn in logit_fns.items():
+        e = e0.clone().requires_grad_(True)
+        kl = prior_kl(fn(e).softmax(-1))
+        kl.backward()
+        results[name] = (kl.item(), e.grad.norm().item())
+    assert results["fixed"][0] < 1e-3
+    assert results["adaptive"][0] > 0.5 * kl_hard
+    assert results["adaptive"][1] > 1e3 * results["fixed"][1]
+
+
+def test_adaptive_logits_degenerate_codebook_is_finite_and_uniform():
+    z = torch.randn(1, 2, 2, 4, dtype=torch.float64)
+    logits = adaptive_distance_logits(z, torch.zeros(5, 4, dtype=torch.float64))
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits.softmax(-1), torch.full((1, 2, 2, 5), 0.2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="temperature"):
+        adaptive_distance_logits(z, torch.zeros(5, 4), temperature=0.0)
 
 
 # -- stochastic mask (C.3) ----------------------------------------------------------------------
