@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,16 +15,17 @@ for p in (ROOT, ROOT / "plugins"):
         sys.path.insert(0, str(p))
 
 os.environ.setdefault("DLBENCH_OFFLINE", "1")
+# One cache for the whole session (trained tokenizers, domain classifiers, reference statistics), set
+# before any fixture runs so module-scoped fixtures and tests see the same one. DLBENCH_TEST_CACHE
+# keeps it across sessions (e.g. to reuse the converted Inception weights locally).
+os.environ["DLBENCH_CACHE"] = os.environ.get("DLBENCH_TEST_CACHE") or tempfile.mkdtemp(prefix="dlbench-test-cache-")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory, monkeypatch):
-    """Each test gets plugin env vars cleared; a session-wide cache dir unless a test overrides it."""
+def _isolated_env(monkeypatch):
+    """Each test starts with the plugin environment variables cleared and a fresh plugin manager."""
     for var in ("DLBENCH_LOAD_PLUGINS", "DLBENCH_DISABLE_PLUGINS", "DLBENCH_STRICT_PLUGINS"):
         monkeypatch.delenv(var, raising=False)
-    if "DLBENCH_CACHE" not in os.environ or os.environ.get("DLBENCH_TEST_SHARED_CACHE") != "1":
-        cache = tmp_path_factory.getbasetemp() / "dlbench-cache"
-        monkeypatch.setenv("DLBENCH_CACHE", str(cache))
     yield
     from dlbench import plugins
 
