@@ -38,14 +38,38 @@ from dlbench.runs import RunDir  # noqa: E402
 KEYS = ["min_pairwise_dist_over_sigma", "mean_pairwise_dist_over_sigma", "effective_rank", "mean_cosine", "mean_norm"]
 
 
+def _row(label: str, step: str, diag: dict) -> str | None:
+    vals = [diag.get(f"embed/{k}") for k in KEYS]
+    if any(v is None for v in vals):
+        return None
+    return f"| {label} | {step} | " + " | ".join(f"{v:.3f}" for v in vals) + " |"
+
+
+def initial_diagnostics(run: Path) -> dict:
+    """Diagnostics of the method as built at step 0 (its init is a function of the run seed, as in
+    the pipeline), so the table starts where training started."""
+    import torch
+
+    from dlbench.config import load_run_config
+    from dlbench.interfaces import MethodContext
+    from dlbench.plugins import get_registry
+
+    cfg = load_run_config(Path(run) / "config.json", get_registry())
+    k = int(cfg.tokenizer.params.get("codebook_size", 256))
+    ctx = MethodContext(codebook_size=k, token_grid=(8, 8), num_classes=10,
+                        backbone={"preset": cfg.backbone.preset, **cfg.backbone.params})
+    torch.manual_seed(cfg.seed)
+    method = get_registry().get("method", cfg.method.name).build(cfg.method.params, context=ctx)
+    return method.diagnostics()
+
+
 def diagnostics_table(label: str, run: Path) -> list[str]:
-    rows = []
+    rows = [_row(label, "0 (init)", initial_diagnostics(run))]
     for ev in RunDir(run).events("diagnostics"):
-        vals = [ev.get(f"embed/{k}") for k in KEYS]
-        if any(v is None for v in vals):
-            continue
-        rows.append(f"| {label} | {ev['step']} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    return rows
+        rows.append(_row(label, str(ev["step"]), ev))
+    final = (load_records([run])[0].metrics.get("method_diagnostics") or {})
+    rows.append(_row(label, "end (EMA weights)", final))
+    return [r for r in rows if r]
 
 
 def main(argv=None) -> int:
@@ -72,7 +96,7 @@ def main(argv=None) -> int:
         "",
         f"Preset `{args.preset}`, {args.seeds} seed(s), protocol `{data['protocol_hash'][:12]}`.",
         "",
-        "## Collapse diagnostics over training (mean over nothing: seed 0 run of each method)",
+        "## Collapse diagnostics over training (the seed-0 run of each method; sigma at the reference t)",
         "",
         "| method | step | min dist / sigma | mean dist / sigma | effective rank | mean cosine | mean norm |",
         "|---|---|---|---|---|---|---|",
