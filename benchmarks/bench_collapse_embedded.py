@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ for p in (ROOT, ROOT / "plugins"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+from _machine import machine_line  # noqa: E402
 from dlbench.report.compare import compare, load_records  # noqa: E402
 from dlbench.runs import RunDir  # noqa: E402
 
@@ -89,8 +88,7 @@ def main(argv=None) -> int:
     lines = [
         "# Embedding collapse on the embedded dataset (full pipeline)",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
-        f"{platform.python_version()}; command: `python benchmarks/bench_collapse_embedded.py "
+        f"{machine_line()}; command: `python benchmarks/bench_collapse_embedded.py "
         f"{' '.join(argv or sys.argv[1:])}`; wall-clock of this invocation (runs reused count 0 s): "
         f"{time.time() - start:.0f} s.",
         "",

@@ -14,15 +14,7 @@ from pathlib import Path
 
 import torch
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
+from _machine import cpu_name as _cpu_name  # noqa: E402
 
 
 def main() -> None:

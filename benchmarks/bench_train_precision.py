@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from _machine import cpu_name  # noqa: E402
+
 from dlbench.config import TrainingConfig
 from dlbench.nn.denoiser import build_denoiser, resolve_backbone
 from dlbench.train.loop import TensorBatches, train
@@ -42,16 +44,6 @@ def time_precision(precision: str, steps: int, warmup: int, batch: int) -> float
     train(model, _loss, TensorBatches(*data, batch_size=batch, seed=1), TrainingConfig(steps=steps, **cfg),
           show_progress=False)
     return (time.perf_counter() - start) / steps * 1000
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def main() -> None:

