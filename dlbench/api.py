@@ -21,6 +21,7 @@ class RunResult:
     run_dir: RunDir
     config: RunConfig
     metrics: dict[str, Any] | None
+    rank: int = 0  # torchrun rank of this process; only rank 0 holds the metrics and reports them
 
 
 def resolve(
@@ -107,7 +108,7 @@ def run(
 
     if rank != 0:
         metrics = pipeline.execute(config, run_dir, resume=resume is not None)
-        return RunResult(run_dir, config, metrics)
+        return RunResult(run_dir, config, metrics, rank=rank)
 
     with run_dir.locked():
         run_dir.write_json("config.json", config.to_dict())

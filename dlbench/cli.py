@@ -128,7 +128,7 @@ def run(
         return
     result = api.run(method, dataset=dataset, preset=preset, tokenizer=tokenizer, config_file=config,
                      overrides=overrides, out=out_dir, seed=seed, device=device, resume=resume)
-    if result is not None:
+    if result is not None and result.rank == 0:  # under torchrun the other ranks stay quiet
         _print_result(result)
 
 

@@ -3,6 +3,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -34,7 +35,7 @@ def _data():
     return torch.randn(24, 2, 2, 3, generator=g), torch.randint(0, 3, (24,), generator=g)
 
 
-def _worker(rank, world, port, out_dir):
+def _worker(rank, world, port, out_dir, steps=3):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -42,7 +43,7 @@ def _worker(rank, world, port, out_dir):
     model = _model()
     events = []
     train(model, _loss, TensorBatches(*_data(), batch_size=8, seed=3, rank=rank, world=world),
-          TrainingConfig(**CFG), ctx=ctx, checkpoint_dir=os.path.join(out_dir, "ckpt"), seed=0,
+          TrainingConfig(**{**CFG, "steps": steps}), ctx=ctx, checkpoint_dir=os.path.join(out_dir, "ckpt"), seed=0,
           events=lambda k, **f: events.append(k), show_progress=False)
     # sharded per-index sampling gathered in index order
     idx = shard_indices(5, rank, world)
@@ -59,18 +60,22 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_gloo_ranks_match_single_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("steps", [3, 4])  # 4: the last step is also a periodic checkpoint step
+def test_two_gloo_ranks_match_single_process(tmp_path, steps):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), steps), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     single = _model()
-    train(single, _loss, TensorBatches(*_data(), batch_size=8, seed=3), TrainingConfig(**CFG), show_progress=False)
+    train(single, _loss, TensorBatches(*_data(), batch_size=8, seed=3), TrainingConfig(**{**CFG, "steps": steps}),
+          show_progress=False)
     init = _model().state_dict()
     for name, ref in single.state_dict().items():
         assert torch.equal(r0["state"][name], r1["state"][name]), name  # DDP keeps ranks identical
-        # same global batch: equal up to the order of the gradient average
-        torch.testing.assert_close(r0["state"][name], ref, atol=2e-6, rtol=1e-5, msg=name)
+        # same global batch: equal up to the order of the gradient average (Adam's normalisation
+        # amplifies reduction-order differences in near-zero gradients: 2.2e-6 seen after 4 steps)
+        torch.testing.assert_close(r0["state"][name], ref, atol=1e-5, rtol=1e-5, msg=name)
     assert not torch.equal(init["final.linear.weight"], single.state_dict()["final.linear.weight"])
     # rank 0 alone logs and checkpoints
     assert "train" in r0["events"] and r1["events"] == []
-    assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*")) == ["step-00000002", "step-00000003"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*")) == ["step-00000002", f"step-{steps:08d}"]
     assert torch.equal(r0["gathered"], PerSampleRNG(sample_seeds(9, range(5))).randn(2))
+

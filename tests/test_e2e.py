@@ -111,3 +111,34 @@ def test_regvq_quick_run(out):
     result = api.run("regvq", preset="quick", out=out)
     _check_run(result, "regvq")
     assert result.config.tokenizer.name == "regvq"
+
+
+@pytest.mark.slow
+def test_torchrun_pipeline_two_ranks(tmp_path):
+    """`torchrun -m dlbench run` end to end with 2 gloo ranks (last in this module so the domain classifier
+    is already in the session cache): tokenizer training (whose last step is
+    also a checkpoint step), generator training, sharded sampling and evaluation finish, rank 0 alone
+    reports, and the run directory is complete."""
+    import os
+    import subprocess
+    import sys
+
+    overrides = ["tokenizer.training.steps=4", "tokenizer.training.checkpoint_every=2",
+                 "tokenizer.training.log_every=2", "training.steps=4", "training.checkpoint_every=2",
+                 "sampling.num_samples=16", "sampling.steps=2", "tokenizer.seed=7"]  # seed: a fresh tokenizer key
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dlbench", "run", "vq-diffusion", "--preset", "quick", "--out", str(tmp_path)]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("run directory:") == 1  # the other rank stays quiet
+    (run,) = tmp_path.glob("vq-diffusion/*/*")
+    metrics = json.loads((run / "metrics.json").read_text())
+    meta = json.loads((run / "meta.json").read_text())
+    assert metrics["status"] == "ok" and meta["world_size"] == 2
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    starts = {e["event"]: e for e in events if e["event"].endswith("_start")}
+    assert starts["tokenizer_train_start"]["world_size"] == 2 and starts["train_start"]["world_size"] == 2
+    assert {"train_end", "samples", "evaluation", "run_end"} <= {e["event"] for e in events}

@@ -215,6 +215,7 @@ def train(
     window: dict[str, list[float]] = {}
     last_terms: dict[str, float] = {}
     last_good = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    saved_step = resumed_from  # step of the newest checkpoint this run wrote or resumed from, alike on every rank
     emit(f"{stage}_start", step=step, precision=precision, world_size=ctx.world_size, device=str(device),
          config_hash=record_hash)
 
@@ -283,8 +284,12 @@ def train(
                 emit("diagnostics", stage=stage, step=step, **diagnostics())
             if step % config.checkpoint_every == 0:
                 last_good = checkpoint() or last_good
+                saved_step = step
             progress.update(step, last_terms.get("loss", loss_value))
-        if ckpt_dir is not None and (last_good is None or not last_good.name.endswith(f"{step:08d}")):
+        # Decided from `saved_step`, which every rank tracks alike: `last_good` is None off rank 0, and a
+        # rank-dependent decision here would put rank 0 in the barrier below while the others wait in
+        # checkpoint()'s all-gather (a gloo deadlock).
+        if ckpt_dir is not None and saved_step != step:
             last_good = checkpoint() or last_good
     finally:
         progress.close()
