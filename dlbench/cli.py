@@ -190,6 +190,9 @@ def compare(
     """Compare methods under one protocol and one budget (trains what is missing, reuses the rest)."""
     from dlbench import api
 
+    if runs and methods and all(Path(m).is_dir() for m in methods):
+        # `--runs A B C` (e.g. a shell glob): click binds only A to the option, the rest arrive as METHODS
+        runs, methods = [*runs, *map(Path, methods)], []
     text = api.compare(methods or [], runs=runs, dataset=dataset, preset=preset, seeds=seeds, budget=budget,
                        overrides=_parse_kv(set_), out=out_dir, format=format, html=html,
                        allow_mismatch=allow_mismatch)

@@ -93,6 +93,18 @@ def test_compare_existing_runs(quick_runs, tmp_path):
     assert "samples of vqlcmd" in index.read_text()
 
 
+def test_cli_compare_runs_takes_several_directories(quick_runs):
+    """`dlbench compare --runs A B` (as in the README and a shell glob) compares both runs."""
+    from typer.testing import CliRunner
+
+    from dlbench.cli import app
+
+    dirs = [str(r.run_dir.path) for r in quick_runs.values()]
+    result = CliRunner().invoke(app, ["compare", "--runs", *dirs, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert "vq-diffusion" in result.output and "vqlcmd" in result.output
+
+
 def test_resume_extends_a_run_and_refuses_changed_config(out):
     first = api.run("vq-diffusion", preset="quick", out=out, overrides=["training.steps=6"])
     longer = api.run("vq-diffusion", preset="quick", out=out, overrides=["training.steps=10"],

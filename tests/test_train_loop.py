@@ -1,5 +1,6 @@
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -154,6 +155,30 @@ def test_batches_are_a_function_of_step_and_shard_exactly():
 
 def test_bf16_autocast_trains_and_is_recorded(tmp_path):
     events = []
-    _, result = _run(tmp_path, _cfg(steps=4, precision="bf16"), events=lambda k, **f: events.append((k, f)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the no-native-bf16 warning, on CPUs that lack it
+        _, result = _run(tmp_path, _cfg(steps=4, precision="bf16"), events=lambda k, **f: events.append((k, f)))
     assert result.precision == "bf16" and math.isfinite(result.last_terms["loss"])
-    assert events[0][1]["precision"] == "bf16"
+    assert dict(events)["train_start"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("flags, native", [("fpu sse avx2", False), ("fpu avx512f avx512_bf16", True),
+                                           ("fpu amx_bf16 amx_tile", True)])
+def test_bf16_on_cpu_without_native_support_warns(tmp_path, monkeypatch, flags, native):
+    from dlbench.train import dist, loop
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n")
+    assert dist.cpu_has_native_bf16(cpuinfo) is native
+    assert dist.cpu_has_native_bf16(tmp_path / "missing") is None  # unknown: no warning
+    monkeypatch.setattr(loop, "bf16_warning", lambda device: dist.bf16_warning(device, cpuinfo))
+    events = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _run(tmp_path / "run", _cfg(steps=1, precision="bf16"), events=lambda k, **f: events.append((k, f)))
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    logged = [f["message"] for k, f in events if k == "warning"]
+    if native:
+        assert not said and not logged
+    else:
+        assert len(said) == 1 and said == logged and "--precision fp32" in said[0]

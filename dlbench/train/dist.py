@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -121,3 +122,33 @@ def gather_by_index(values: torch.Tensor, indices: torch.Tensor, n: int, ctx: Di
     if not bool(filled.all()):
         raise RuntimeError(f"gather_by_index: {int((~filled).sum())} of {n} rows missing")
     return out
+
+
+def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | None:
+    """Whether this x86 CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16`` in its flags);
+    ``None`` when that cannot be told (no ``/proc/cpuinfo``, or a non-x86 CPU).
+
+    Without them ``torch.autocast("cpu", bfloat16)`` converts in software: on a 2-core AMD EPYC without
+    AVX-512 a tiny-denoiser step ran 13x slower in bf16 than in fp32, while a CPU with avx512_bf16 ran it
+    1.6x faster (``benchmarks/results/train_precision.md``)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    if flags is None:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_warning(device: torch.device, cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
+    """The warning to give before training in bf16 on ``device``, or None when bf16 is a sound choice."""
+    if device.type == "cuda":
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            return f"precision bf16 on {torch.cuda.get_device_name(device)}, which does not support bf16; use fp32"
+        return None
+    if device.type == "cpu" and cpu_has_native_bf16(cpuinfo) is False:
+        return ("precision bf16 on a CPU without avx512_bf16/amx_bf16: autocast emulates bf16 and is typically "
+                "much slower than fp32 here (13x in benchmarks/results/train_precision.md); "
+                "use --precision fp32 (or --set training.precision=fp32)")
+    return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +33,7 @@ from dlbench.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from dlbench.train.dist import DistContext, wrap_ddp
+from dlbench.train.dist import DistContext, bf16_warning, wrap_ddp
 
 LossFn = Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 EventFn = Callable[..., None]  # like RunDir.event(kind, **fields)
@@ -211,6 +212,9 @@ def train(
     wrapped = wrap_ddp(_LossModule(model, loss_fn), ctx)
     params = [p for p in model.parameters() if p.requires_grad]
     use_bf16 = precision == "bf16"
+    if use_bf16 and ctx.is_main and (why := bf16_warning(device)) is not None:
+        emit("warning", stage=stage, message=why)
+        warnings.warn(why, RuntimeWarning, stacklevel=2)
     start = time.monotonic()
     window: dict[str, list[float]] = {}
     last_terms: dict[str, float] = {}

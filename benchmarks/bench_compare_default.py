@@ -1,0 +1,107 @@
+"""The README's comparison, recorded: ``dlbench compare vqlcmd vq-diffusion --seeds 3`` (preset ``default``).
+
+Runs that already exist under ``--out`` with the same resolved config are reused (as ``dlbench compare``
+does), so the wall-clock of this invocation may be seconds; the cost of each run is read from its own
+``meta.json`` (``started`` / ``finished``: training, sampling and evaluation) and ``metrics.json``
+(``compute.wall_clock_s``: generator training alone). The tokenizer is trained once per cache and is not
+part of either figure; its own training time is in the cache's ``info.json`` and printed here.
+
+Usage::
+
+    DLBENCH_CACHE=... python benchmarks/bench_compare_default.py --out RUNS \
+        --record benchmarks/results/compare_default.md [--html REPORT_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "plugins"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from _machine import machine_line  # noqa: E402
+from dlbench.report.compare import compare, load_records  # noqa: E402
+
+
+def _tokenizer_events(run: Path) -> list[dict]:
+    out = []
+    for line in (run / "events.jsonl").read_text().splitlines():
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if ev.get("event") == "tokenizer":
+            out.append(ev)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", nargs="+", default=["vqlcmd", "vq-diffusion"])
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", default="runs", help="runs root (shared with `dlbench compare` to reuse runs)")
+    ap.add_argument("--html", default=None, help="also write the HTML report here")
+    ap.add_argument("--record", default=None, help="write the markdown report here")
+    args = ap.parse_args(argv)
+
+    start = time.time()
+    data = json.loads(compare(args.methods, preset=args.preset, seeds=args.seeds, out=args.out, format="json",
+                              log=lambda m: print(m, file=sys.stderr)))
+    table = compare(args.methods, preset=args.preset, seeds=args.seeds, out=args.out, format="md",
+                    html=args.html, log=lambda m: None)
+    wall = time.time() - start
+    lines = [
+        f"# `dlbench compare {' '.join(args.methods)} --seeds {args.seeds}` (preset `{args.preset}`)",
+        "",
+        f"{machine_line()}; command: `python benchmarks/bench_compare_default.py "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`; wall-clock of this invocation "
+        f"(reused runs count 0 s): {wall:.0f} s.",
+        "",
+        table.rstrip(),
+        "",
+        "## Cost of each run (from the run directory)",
+        "",
+        "| method | seed | whole run s (train + sample + evaluate) | generator training s | tokenizer |",
+        "|---|---|---|---|---|",
+    ]
+    tokenizers: dict[str, str] = {}
+    for row in data["rows"]:
+        for run in map(Path, row["runs"]):
+            meta = json.loads((run / "meta.json").read_text())
+            whole = None
+            if meta.get("started") and meta.get("finished"):
+                whole = (datetime.fromisoformat(meta["finished"])
+                         - datetime.fromisoformat(meta["started"])).total_seconds()
+            metrics = json.loads((run / "metrics.json").read_text())
+            train = (metrics.get("compute") or {}).get("wall_clock_s")
+            evs = _tokenizer_events(run)
+            tok = ", ".join(f"{e.get('action')} {e.get('key')}" for e in evs) or "?"
+            for e in evs:
+                tokenizers[e.get("key")] = e.get("path")
+            lines.append(f"| {row['method']} | {metrics.get('seeds', {}).get('train', '?')} | "
+                         f"{whole:.0f} | {train:.0f} | {tok} |" if whole is not None and train is not None else
+                         f"| {row['method']} | ? | ? | ? | {tok} |")
+    for key, path in tokenizers.items():
+        info_path = Path(path or "") / "info.json"
+        if info_path.is_file():
+            info = json.loads(info_path.read_text())
+            tr = info.get("training") or {}
+            lines += ["", f"Tokenizer `{key}`: {tr.get('step', '?')} steps in "
+                      f"{tr.get('elapsed_s', float('nan')):.0f} s (trained once, shared by every run above)."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.record:
+        Path(args.record).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
