@@ -83,7 +83,7 @@ def _img(path: Path) -> str:
 def _table_html(header: list[str], body: list[list[str]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"
 
 
 def write_report(cmp: Comparison, out_dir: Path, title: str = "dlbench comparison") -> Path:
@@ -143,10 +143,10 @@ def write_report(cmp: Comparison, out_dir: Path, title: str = "dlbench compariso
     parts.append("<h2>Runs</h2><ul>" + "".join(
         f"<li>{html.escape(s.label)}: " + ", ".join(f"<code>{html.escape(str(r.path))}</code>" for r in s.runs) + "</li>"
         for s in cmp.summaries) + "</ul>")
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
              "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;font-size:13px}"
              "td:first-child,th:first-child{text-align:left}.grids{display:flex;flex-wrap:wrap;gap:1em}"
-             "figure img{image-rendering:pixelated;width:256px}img.plot{max-width:100%}code{font-size:12px}")
+             ".scroll{overflow-x:auto}figure img{image-rendering:pixelated;width:256px}img.plot{max-width:100%}code{font-size:12px}")
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     path = out_dir / "index.html"
