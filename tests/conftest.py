@@ -18,7 +18,16 @@ os.environ.setdefault("DLBENCH_OFFLINE", "1")
 # One cache for the whole session (trained tokenizers, domain classifiers, reference statistics), set
 # before any fixture runs so module-scoped fixtures and tests see the same one. DLBENCH_TEST_CACHE
 # keeps it across sessions (e.g. to reuse the converted Inception weights locally).
-os.environ["DLBENCH_CACHE"] = os.environ.get("DLBENCH_TEST_CACHE") or tempfile.mkdtemp(prefix="dlbench-test-cache-")
+_OWN_CACHE = None if os.environ.get("DLBENCH_TEST_CACHE") else tempfile.mkdtemp(prefix="dlbench-test-cache-")
+os.environ["DLBENCH_CACHE"] = os.environ.get("DLBENCH_TEST_CACHE") or _OWN_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's own cache (~200 MB after a full run); a DLBENCH_TEST_CACHE is kept."""
+    if _OWN_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
