@@ -23,3 +23,13 @@ def machine_line() -> str:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return (f"machine: {cpu_name()}; {os.cpu_count()} cores; python {platform.python_version()}; "
             f"torch {torch.__version__}; threads {torch.get_num_threads()}; load average {load}")
+
+
+def print_and_record(lines: list[str], record: str | None) -> None:
+    """Print a benchmark's markdown report and, with ``--record PATH``, write it there."""
+    from pathlib import Path
+
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if record:
+        Path(record).write_text(text)

@@ -30,7 +30,7 @@ for p in (ROOT, ROOT / "plugins"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from _machine import machine_line  # noqa: E402
+from _machine import machine_line, print_and_record  # noqa: E402
 from dlbench.report.compare import compare, load_records  # noqa: E402
 from dlbench.runs import RunDir  # noqa: E402
 
@@ -118,10 +118,7 @@ def main(argv=None) -> int:
     lines += ["", "## Final metrics (same protocol)", "", compare(
         args.methods, preset=args.preset, seeds=args.seeds, out=args.out, overrides=args.overrides, format="md",
         log=lambda m: None)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.record:
-        Path(args.record).write_text(text)
+    print_and_record(lines, args.record)
     return 0
 
 

@@ -26,7 +26,7 @@ for p in (ROOT, ROOT / "plugins"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from _machine import machine_line  # noqa: E402
+from _machine import machine_line, print_and_record  # noqa: E402
 from dlbench.report.compare import compare, load_records  # noqa: E402
 
 
@@ -96,10 +96,7 @@ def main(argv=None) -> int:
             tr = info.get("training") or {}
             lines += ["", f"Tokenizer `{key}`: {tr.get('step', '?')} steps in "
                       f"{tr.get('elapsed_s', float('nan')):.0f} s (trained once, shared by every run above)."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.record:
-        Path(args.record).write_text(text)
+    print_and_record(lines, args.record)
     return 0
 
 
