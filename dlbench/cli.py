@@ -109,6 +109,7 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (training)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where the dataset's files are"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip (and count) unreadable images instead of failing"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this run directory"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved config and exit"),
 ) -> None:
@@ -120,6 +121,8 @@ def run(
         overrides.append(f"training.precision={precision}")
     if data_dir:
         overrides.append(f"dataset.data_dir={data_dir}")
+    if skip_bad:
+        overrides.append("dataset.skip_bad=true")
     _registry()  # surface plugin warnings once
     if dry_run:
         cfg = api.resolve(method, dataset=dataset, preset=preset, tokenizer=tokenizer, config_file=config,

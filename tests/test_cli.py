@@ -62,6 +62,10 @@ def test_dry_run_prints_resolved_config_and_round_trips(tmp_path):
     path.write_text(r.stdout)
     again = dlbench("run", "vqlcmd", "--preset", "quick", "--config", str(path), "--dry-run")
     assert json.loads(again.stdout) == cfg
+    files = dlbench("run", "vqlcmd", "--preset", "quick", "--dataset", "ffhq", "--data-dir", str(tmp_path),
+                    "--skip-bad", "--dry-run")
+    params = json.loads(files.stdout)["dataset"]["params"]
+    assert params["data_dir"] == str(tmp_path) and params["skip_bad"] is True
 
 
 def test_missing_dataset_is_actionable(tmp_path):
