@@ -95,6 +95,27 @@ def _as_dataset(x: torch.Tensor | Dataset, limit: int | None = None) -> Uint8Ima
     return x if isinstance(x, Uint8ImageDataset) and limit is None else Uint8ImageDataset(x, limit)
 
 
+class _WithProgress(Dataset):
+    """Reports each item the backend reads (its DataLoader runs in this process) as progress of
+    ``stage``; shows nothing when the backend never reads it (reference features from its cache)."""
+
+    def __init__(self, source: Dataset, stage: str):
+        from dlbench.observe.progress import task
+
+        self.source = source
+        self.bar = task(stage, len(source), "images", lazy=True)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        item = self.source[i]
+        self.bar.update(advance=1)
+        if self.bar.completed >= len(self):
+            self.bar.close()
+        return item
+
+
 # ---------------------------------------------------------------------------------------------
 # torch-fidelity
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +135,8 @@ def torch_fidelity_metrics(
     import torch_fidelity
 
     gen, ref = _as_dataset(generated), _as_dataset(reference, protocol.num_reference)
+    gen = _WithProgress(gen, "inception_features/generated")
+    ref = _WithProgress(ref, "inception_features/reference")
     wanted = set(protocol.inception_metrics)
     unavailable: dict[str, str] = {}
     if "isc" in wanted and not weights.has_logits:
@@ -155,8 +178,12 @@ def torch_fidelity_metrics(
     if reference_cache_name is not None:
         kwargs["input2_cache_name"] = reference_cache_name
     # torch-fidelity prints progress to stderr even when quiet; keep the runner's stdout pipeable
-    with contextlib.redirect_stderr(io.StringIO()):
-        raw = torch_fidelity.calculate_metrics(**kwargs)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            raw = torch_fidelity.calculate_metrics(**kwargs)
+    finally:
+        gen.bar.close()
+        ref.bar.close()
     return {_TF_KEYS.get(k, k): float(v) for k, v in raw.items()}, unavailable
 
 
@@ -195,15 +222,25 @@ def write_png_folder(images: Dataset, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def _clean_features(images: Uint8ImageDataset, fn, batch_size: int, device: torch.device) -> np.ndarray:
+def _clean_features(images: Uint8ImageDataset, fn, batch_size: int, device: torch.device,
+                    stage: str = "inception_features") -> np.ndarray:
     from cleanfid import fid as cfid
+
+    from dlbench.observe.progress import task
 
     with tempfile.TemporaryDirectory(prefix="dlbench-cleanfid-") as tmp:
         write_png_folder(images, tmp)
-        with contextlib.redirect_stdout(io.StringIO()):
-            return cfid.get_folder_features(
-                tmp, fn, num_workers=0, batch_size=batch_size, device=device, mode="clean", verbose=False
-            )
+        with task(stage, len(images), "images") as bar:
+
+            def counted(x: torch.Tensor) -> torch.Tensor:
+                out = fn(x)
+                bar.update(advance=len(x))
+                return out
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                return cfid.get_folder_features(
+                    tmp, counted, num_workers=0, batch_size=batch_size, device=device, mode="clean", verbose=False
+                )
 
 
 def clean_fid_metrics(
@@ -226,13 +263,13 @@ def clean_fid_metrics(
     if cache_file is not None and cache_file.is_file():
         ref_feats = np.load(cache_file)["feats"]
     else:
-        ref_feats = _clean_features(ref, fn, batch_size, device)
+        ref_feats = _clean_features(ref, fn, batch_size, device, "inception_features/reference")
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
             np.savez(tmp, feats=ref_feats)
             os.replace(tmp, cache_file)
-    gen_feats = _clean_features(gen, fn, batch_size, device)
+    gen_feats = _clean_features(gen, fn, batch_size, device, "inception_features/generated")
     out: dict[str, float] = {}
     if "fid" in protocol.inception_metrics:
         mu1, s1 = np.mean(gen_feats, axis=0), np.cov(gen_feats, rowvar=False)

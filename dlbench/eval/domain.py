@@ -95,14 +95,20 @@ def _key(fingerprint: str, channels: int, num_classes: int, config: DomainClassi
 
 
 @torch.no_grad()
-def _predict(model: DomainCNN, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 features and logits; float64 so the numbers do not depend on batch size."""
+def _predict(model: DomainCNN, images: torch.Tensor, batch_size: int = 512,
+             stage: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 features and logits; float64 so the numbers do not depend on batch size.
+    ``stage`` names the progress shown (none when None)."""
+    from dlbench.observe.progress import task
+
     model = model.double().eval()
     feats, logits = [], []
-    for i in range(0, len(images), batch_size):
-        f, l = model(images[i : i + batch_size])
-        feats.append(f)
-        logits.append(l)
+    with task(stage or "features", len(images), "images", display="off" if stage is None else None) as bar:
+        for i in range(0, len(images), batch_size):
+            f, l = model(images[i : i + batch_size])
+            feats.append(f)
+            logits.append(l)
+            bar.update(min(i + batch_size, len(images)))
     return torch.cat(feats), torch.cat(logits)
 
 
@@ -124,7 +130,10 @@ def train_domain_classifier(
     config = config or DomainClassifierConfig()
     key = _key(fingerprint, channels, num_classes, config)
     path = cache_dir() / "domain" / f"classifier-{key}.pt"
+    from dlbench.observe.progress import note, task
+
     if cache and path.is_file():
+        note("domain_classifier", f"skipped: reused cached classifier {key}")
         return load_domain_classifier(path)
 
     t0 = time.perf_counter()
@@ -139,14 +148,16 @@ def train_domain_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps)
     model.train()
-    for _ in range(config.steps):
-        idx = torch.randint(0, len(x), (config.batch_size,), generator=g)
-        _, logits = model(x[idx])
-        loss = nn.functional.cross_entropy(logits, y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    with task("domain_classifier", config.steps, "steps", per_unit=config.batch_size, info=f"key {key}") as bar:
+        for step in range(config.steps):
+            idx = torch.randint(0, len(x), (config.batch_size,), generator=g)
+            _, logits = model(x[idx])
+            loss = nn.functional.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(step + 1, loss=float(loss.detach()))
     model.eval()
     acc = None
     if test is not None:
@@ -199,8 +210,8 @@ def domain_metrics(
             raise DlbenchError(
                 f"domain metrics: {name} images must be uint8 'n {model.channels} H W', got {t.dtype} {tuple(t.shape)}"
             )
-    f_gen, l_gen = _predict(model, generated)
-    f_ref, _ = _predict(model, reference)
+    f_gen, l_gen = _predict(model, generated, stage="domain_features/generated")
+    f_ref, _ = _predict(model, reference, stage="domain_features/reference")
     fd = fid_statistics_to_metric(fid_features_to_statistics(f_gen), fid_features_to_statistics(f_ref), verbose=False)
     out = {
         "domain_fd": float(fd["frechet_inception_distance"]),

@@ -41,7 +41,7 @@ EventFn = Callable[..., None]  # like RunDir.event(kind, **fields)
 #: config fields that may change between a checkpoint and its resume (budgets and logging cadence)
 RESUMABLE_FIELDS: tuple[str, ...] = (
     "training.steps", "training.budget_images", "training.budget_minutes", "training.log_every",
-    "training.checkpoint_every", "training.diagnostics_every", "device",
+    "training.checkpoint_every", "training.diagnostics_every", "device", "loggers",
 )
 
 
@@ -247,7 +247,7 @@ def train(
         emit("checkpoint", stage=stage, step=step, path=str(out))
         return out
 
-    progress = _progress(show_progress and ctx.is_main, stage, config.steps, step)
+    progress = _progress(show_progress and ctx.is_main, stage, config, step, batches.batch_size, elapsed_before)
     try:
         while (reason := stop_reason()) is None:
             batch = tuple(t.to(device, non_blocking=True) for t in batches.batch(step))
@@ -295,6 +295,9 @@ def train(
         # checkpoint()'s all-gather (a gloo deadlock).
         if ckpt_dir is not None and saved_step != step:
             last_good = checkpoint() or last_good
+    except BaseException as exc:
+        progress.close(type(exc).__name__)
+        raise
     finally:
         progress.close()
     ctx.barrier()
@@ -313,28 +316,23 @@ def _hash(record: dict[str, Any]) -> str:
 
 
 class _progress:
-    """A rich progress bar with ETA on stderr (rank 0, interactive terminals only)."""
+    """Progress of a training stage on rank 0 (:mod:`dlbench.observe.progress`: rich bars on a terminal,
+    plain lines with rate, loss and ETA in a log file)."""
 
-    def __init__(self, enabled: bool, stage: str, total: int, completed: int):
-        self.bar = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    def __init__(self, enabled: bool, stage: str, config: Any, completed: int, batch_size: int,
+                 elapsed_before: float = 0.0):
+        from dlbench.observe.progress import Task
 
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            return
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=console, transient=True)
-        self.task = self.bar.add_task(stage, total=total, completed=completed, loss=float("nan"))
-        self.bar.start()
+        total = config.steps
+        if config.budget_images is not None:
+            total = min(total, -(-config.budget_images // batch_size))
+        deadline = None if config.budget_minutes is None else config.budget_minutes * 60 - elapsed_before
+        self.task = Task(stage, total, "steps", completed=completed, per_unit=batch_size, deadline_s=deadline,
+                         info=f"resumed at step {completed}" if completed else "",
+                         display=None if enabled else "off")
 
     def update(self, step: int, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=loss)
+        self.task.update(step, loss=loss)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    def close(self, error: str | None = None) -> None:
+        self.task.close(error)

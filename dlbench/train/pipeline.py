@@ -29,7 +29,7 @@ from dlbench.train.dist import DistContext, gather_by_index, init_distributed
 from dlbench.train.loop import TensorBatches, TrainingDiverged, train
 
 TOKENIZER_CACHE_VERSION = "tok-v1"
-TRAIN_RECORD_EXCLUDE = ("device",)
+TRAIN_RECORD_EXCLUDE = ("device", "loggers")
 
 
 class PipelineError(DlbenchError):
@@ -161,6 +161,10 @@ def get_tokenizer(
         action = "trained"
     if ctx.is_main:
         _console().print(f"{action} tokenizer {key}")
+        if action != "trained":
+            from dlbench.observe.progress import note
+
+            note("tokenizer_train", f"skipped: {action} tokenizer {key}")
     emit("tokenizer", action=action.split()[0], key=key, path=str(folder))
     tokenizer.to(ctx.device).eval()
     return tokenizer, key, info
@@ -173,15 +177,19 @@ def tokenize_split(
     """``(tokens long "n h w", labels long "n")`` of a split, cached next to the tokenizer."""
     from dlbench.data import load_split_tensors
 
+    from dlbench.observe.progress import task
+
     path = cache_root() / "tokenizers" / key / f"tokens-{split}-{dataset.fingerprint(split)[:16]}.pt"
     if path.is_file():
         data = torch.load(path, map_location="cpu", weights_only=True)
         return data["tokens"], data["labels"]
     images, labels = load_split_tensors(dataset, split)
-    tokens = torch.cat([
-        tokenizer.encode(to_float_images(images[i : i + batch_size]).to(ctx.device)).cpu()
-        for i in range(0, len(images), batch_size)
-    ])
+    chunks = []
+    with task("tokenize", len(images), "images", info=f"{split} split") as bar:
+        for i in range(0, len(images), batch_size):
+            chunks.append(tokenizer.encode(to_float_images(images[i : i + batch_size]).to(ctx.device)).cpu())
+            bar.update(min(i + batch_size, len(images)))
+    tokens = torch.cat(chunks)
     if ctx.is_main:
         import io
 
@@ -247,17 +255,21 @@ def sample_tokens(
 ) -> torch.Tensor:
     """``"n h w"`` tokens for sample indices ``0..n-1``, each from its own seed; sharded over ranks and
     batched, with results independent of both (:mod:`dlbench.seeding`)."""
+    from dlbench.observe.progress import task
+
     method.eval()
     mine = shard_indices(n, ctx.rank, ctx.world_size)
     out = []
-    for start in range(0, len(mine), batch_size):
-        idx = mine[start : start + batch_size]
-        lab = labels[idx].to(ctx.device) if labels is not None else None
-        toks = method.sample(lab, sample_seeds(seed, idx).to(ctx.device), num_samples=len(idx), steps=steps,
-                             guidance=guidance, **options)
-        out.append(toks.cpu())
-        if events is not None:
-            events("sampling", done=int(start + len(idx)), of=len(mine), rank=ctx.rank)
+    with task("sample", len(mine), "images", info=f"{steps or 'default'} steps, guidance {guidance}") as bar:
+        for start in range(0, len(mine), batch_size):
+            idx = mine[start : start + batch_size]
+            lab = labels[idx].to(ctx.device) if labels is not None else None
+            toks = method.sample(lab, sample_seeds(seed, idx).to(ctx.device), num_samples=len(idx), steps=steps,
+                                 guidance=guidance, **options)
+            out.append(toks.cpu())
+            bar.update(start + len(idx))
+            if events is not None:
+                events("sampling", done=int(start + len(idx)), of=len(mine), rank=ctx.rank)
     if out:
         mine_tokens = torch.cat(out)
     else:  # an idle rank still takes part in the gather
@@ -335,6 +347,7 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
     train_tokens, train_labels = tokenize_split(tokenizer, dataset, "train", key, ctx)
     if ctx.is_main:
         write_recon_grid(tokenizer, dataset, run_dir.file("recon.png"), ctx)
+        emit("recon", path=str(run_dir.file("recon.png")))
 
     method = build_method(cfg, tokenizer, dataset, grid)
     labels = method_labels(method, train_labels)
@@ -377,13 +390,16 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
         return metrics
     images = decode_tokens(tokenizer, tokens, ctx.device)
     write_samples(run_dir, tokens, images, s_labels)
-    emit("samples", n=len(tokens), path=str(run_dir.file("samples.npz")))
+    emit("samples", n=len(tokens), path=str(run_dir.file("samples.npz")), grid=str(run_dir.file("samples.png")),
+         step=result.step)
     if protocol is not None:
         from dlbench.eval.api import evaluate_samples
+        from dlbench.observe.progress import task
 
         n = protocol.num_generated
-        ev = evaluate_samples(images[:n], s_labels[:n] if s_labels is not None else None, protocol, dataset,
-                              device=ctx.device)
+        with task("evaluate", None, "", info=f"protocol {protocol.name}, {n} samples"):
+            ev = evaluate_samples(images[:n], s_labels[:n] if s_labels is not None else None, protocol, dataset,
+                                  device=ctx.device)
         metrics.update(ev)
         run_dir.write_json("protocol.json", {**protocol.model_dump(mode="json"), "hash": ev["protocol_hash"]})
         emit("evaluation", protocol_hash=ev["protocol_hash"], metrics=ev["metrics"])

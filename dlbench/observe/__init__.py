@@ -1,0 +1,1 @@
+"""Observability: progress of long stages (:mod:`.progress`), run loggers (:mod:`.loggers`)."""
