@@ -34,12 +34,25 @@ def resolve(
     overrides: Sequence[str] = (),
     seed: int | None = None,
     device: str | None = None,
+    loggers: Sequence[str] = (),
 ) -> RunConfig:
-    """The fully resolved run config for these arguments (nothing is trained)."""
-    return build_config(
+    """The fully resolved run config for these arguments (nothing is trained). ``loggers`` are added
+    to the config's own (``dlbench run --logger NAME``)."""
+    cfg = build_config(
         method, registry=get_registry(), preset=preset, dataset=dataset, tokenizer=tokenizer,
         config_file=config_file, overrides=list(overrides), seed=seed, device=device,
     )
+    return _add_loggers(cfg, loggers)
+
+
+def _add_loggers(cfg: RunConfig, loggers: Sequence[str]) -> RunConfig:
+    have = {ref.name for ref in cfg.loggers}
+    extra = [name for name in dict.fromkeys(loggers) if name not in have]
+    if not extra:
+        return cfg
+    data = cfg.to_dict()
+    data["loggers"] = [*data["loggers"], *({"name": n} for n in extra)]
+    return resolve_config(data, get_registry())
 
 
 def _dist_info() -> tuple[int, int]:
@@ -74,19 +87,21 @@ def run(
     device: str | None = None,
     resume: str | Path | None = None,
     config: RunConfig | None = None,
+    loggers: Sequence[str] = (),
 ) -> RunResult:
     """Train ``method`` and evaluate it; returns the run directory, resolved config and metrics.
 
     With ``resume`` the given run directory is continued from its latest checkpoint; the config
     built from these arguments must equal the saved one (device aside), else the differing fields
-    are named and nothing is touched.
+    are named and nothing is touched. ``loggers`` (e.g. ``["tensorboard"]``) receive every event of
+    the run besides events.jsonl (:mod:`dlbench.observe.loggers`).
     """
     registry = get_registry()
     if config is None:
         config = resolve(method, dataset=dataset, preset=preset, tokenizer=tokenizer, config_file=config_file,
-                         overrides=overrides, seed=seed, device=device)
+                         overrides=overrides, seed=seed, device=device, loggers=loggers)
     else:
-        config = resolve_config(config, registry)
+        config = _add_loggers(resolve_config(config, registry), loggers)
     rank, world = _dist_info()
 
     if resume is not None:
@@ -99,6 +114,8 @@ def run(
         if diff:
             fields = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ConfigError(f"cannot resume {run_dir.path} with a different config: {fields}")
+        # a resumed run keeps the loggers it started with
+        config = _add_loggers(config, [r["name"] if isinstance(r, dict) else r for r in saved.get("loggers", [])])
     else:
         run_dir = _shared_run_dir(
             lambda: RunDir.create(out, config.method.name, config.dataset.name, config.hash())
@@ -110,7 +127,10 @@ def run(
         metrics = pipeline.execute(config, run_dir, resume=resume is not None)
         return RunResult(run_dir, config, metrics, rank=rank)
 
-    with run_dir.locked():
+    from dlbench.observe.loggers import open_loggers
+
+    with run_dir.locked(), run_dir.logging(lambda: open_loggers(config.loggers, run_dir.path, config.to_dict(),
+                                                                resume=resume is not None, registry=registry)):
         run_dir.write_json("config.json", config.to_dict())
         meta = collect_meta(device=config.device, seeds={"train": config.seed, "sample": config.seed},
                             precision=config.training.precision)
@@ -122,6 +142,12 @@ def run(
         run_dir.event("run_start", resume=resume is not None, argv=sys.argv)
         try:
             metrics = pipeline.execute(config, run_dir, resume=resume is not None)
+        except KeyboardInterrupt:
+            run_dir.event("run_end", status="interrupted")
+            raise
+        except BaseException as exc:
+            run_dir.event("run_end", status="error", reason=f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             run_dir.update_json("meta.json", finished=utcnow())
         run_dir.event("run_end", status=(metrics or {}).get("status", "ok"))

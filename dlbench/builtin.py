@@ -48,3 +48,11 @@ def register_feature_extractors(register):
 
     for name, cls in FEATURE_EXTRACTORS.items():
         register(name, cls)
+
+
+@hookimpl
+def register_loggers(register):
+    from dlbench.observe.loggers import LOGGERS
+
+    for name, cls in LOGGERS.items():
+        register(name, cls)

@@ -32,6 +32,7 @@ KIND_ALIASES = {
     "tokenizers": "tokenizer", "embeddings": "embedding", "schedules": "schedule", "regularizers": "regularizer",
     "methods": "method", "datasets": "dataset", "feature-extractors": "feature_extractor",
     "feature_extractors": "feature_extractor", "feature-extractor": "feature_extractor", "extractors": "feature_extractor",
+    "loggers": "logger",
 }
 
 
@@ -49,7 +50,7 @@ def _registry():
 
 @app.command("list")
 def list_components(
-    kind: Optional[str] = typer.Argument(None, help="tokenizer, embedding, schedule, regularizer, method, dataset, feature_extractor"),
+    kind: Optional[str] = typer.Argument(None, help="tokenizer, embedding, schedule, regularizer, method, dataset, feature_extractor, logger"),
     format: str = typer.Option("table", "--format", help="table | json"),
 ) -> None:
     """List registered components: name, origin plugin, one-line description."""
@@ -112,9 +113,18 @@ def run(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip (and count) unreadable images instead of failing"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this run directory"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved config and exit"),
+    logger: Optional[List[str]] = typer.Option(None, "--logger", help="also send the run's events to this logger, "
+                                               "e.g. tensorboard (repeatable; see `dlbench list logger`)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or progress lines"),
+    progress_interval: Optional[float] = typer.Option(
+        None, "--progress-interval", help="seconds between progress lines when stderr is not a terminal "
+        "(default 30, or DLBENCH_PROGRESS_INTERVAL)"),
 ) -> None:
     """Train a method on a dataset, sample and evaluate; writes a self-describing run directory."""
     from dlbench import api
+    from dlbench.observe import progress
+
+    progress.configure(quiet=quiet, interval=progress_interval)
 
     overrides = _parse_kv(set_)
     if precision:
@@ -126,11 +136,12 @@ def run(
     _registry()  # surface plugin warnings once
     if dry_run:
         cfg = api.resolve(method, dataset=dataset, preset=preset, tokenizer=tokenizer, config_file=config,
-                          overrides=overrides, seed=seed, device=device)
+                          overrides=overrides, seed=seed, device=device, loggers=logger or ())
         out.print_json(json.dumps(cfg.to_dict()))
         return
     result = api.run(method, dataset=dataset, preset=preset, tokenizer=tokenizer, config_file=config,
-                     overrides=overrides, out=out_dir, seed=seed, device=device, resume=resume)
+                     overrides=overrides, out=out_dir, seed=seed, device=device, resume=resume,
+                     loggers=logger or ())
     if result is not None and result.rank == 0:  # under torchrun the other ranks stay quiet
         _print_result(result)
 
@@ -217,6 +228,34 @@ def report(
     cmp = summarise(records, None, check_matched(records, allow_mismatch=True))
     print(render(cmp, format))
     print(f"HTML report: {write_report(cmp, html_dir)}")
+
+
+@app.command("runs")
+def runs_cmd(
+    root: Path = typer.Argument(Path("runs"), metavar="DIR", help="output root to scan (the --out of `dlbench run`)"),
+    method: Optional[List[str]] = typer.Option(None, "--method", "-m", help="only this method (repeatable)"),
+    status: Optional[List[str]] = typer.Option(None, "--status", help="running | finished | failed | interrupted (repeatable)"),
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", "-d", help="only this dataset (repeatable)"),
+    format: str = typer.Option("table", "--format", help="table | json"),
+) -> None:
+    """List runs under an output root: status, steps, headline metrics, age."""
+    from dlbench.runs_view import COLUMNS, RunsViewError, list_runs, rows
+
+    if format not in ("table", "json"):
+        raise RunsViewError(f"--format {format!r}: choose table or json")
+    found = list_runs(root, methods=method or (), statuses=status or (), datasets=dataset or ())
+    if format == "json":
+        print(json.dumps([s.to_dict() for s in found], indent=2))
+        return
+    if not found:
+        console.print(f"no runs under {root}" + (" match the filters" if (method or status or dataset) else ""))
+        return
+    table = Table(title=f"runs under {root}")
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col in ("seed", "steps", "age") else "left")
+    for row in rows(found, root):
+        table.add_row(*row)
+    out.print(table)
 
 
 def _install_plugin_commands() -> None:

@@ -129,12 +129,21 @@ class RunConfig(Section):
     preset: str = "default"
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    loggers: list[ComponentRef] = Field(
+        default_factory=list, description="run loggers besides events.jsonl, e.g. ['tensorboard'] "
+        "(kind logger; not part of the config hash)")
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _logger_names(cls, v: Any) -> Any:
+        # sugar: loggers = ["tensorboard"] is loggers = [{name = "tensorboard"}]
+        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, (list, tuple)) else v
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def hash(self, exclude: tuple[str, ...] = ("device",)) -> str:
-        """sha256 of the canonical JSON (device excluded: it does not change the experiment)."""
+    def hash(self, exclude: tuple[str, ...] = ("device", "loggers")) -> str:
+        """sha256 of the canonical JSON (device and loggers excluded: they do not change the experiment)."""
         data = {k: v for k, v in self.to_dict().items() if k not in exclude}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -327,6 +336,14 @@ def resolve_config(data: dict[str, Any] | RunConfig, registry: Registry) -> RunC
             params = spec.make_config(ref.params)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, prefix=f"{section}.params")) from None
+        ref.name = spec.name
+        ref.params = params.model_dump(mode="json")
+    for i, ref in enumerate(cfg.loggers):
+        spec = registry.get("logger", ref.name)
+        try:
+            params = spec.make_config(ref.params)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, prefix=f"loggers.{i}.params")) from None
         ref.name = spec.name
         ref.params = params.model_dump(mode="json")
     # the backbone preset/params are validated by the shared denoiser module

@@ -62,5 +62,10 @@ def register_feature_extractors(register: Register) -> None:
 
 
 @hookspec
+def register_loggers(register: Register) -> None:
+    """Register run loggers (kind ``logger``): receive every event of a run (experiment trackers)."""
+
+
+@hookspec
 def register_commands(app: Any) -> None:
     """Add commands to the ``dlbench`` Typer app (``app.command()(fn)`` or ``app.add_typer``)."""

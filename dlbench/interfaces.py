@@ -296,6 +296,42 @@ class FeatureExtractor(nn.Module, ABC):
         return None
 
 
+# ---------------------------------------------------------------------------------------------
+# Run loggers (experiment trackers)
+# ---------------------------------------------------------------------------------------------
+
+
+class RunLogger(ABC):
+    """Receives every event a run records in its ``events.jsonl`` (an experiment tracker, a file).
+
+    Built on the main process when a run starts, as
+    ``cls(config, run_dir=pathlib.Path, run_config=dict, resume=bool)``: ``run_config`` is the
+    resolved run config (``config.json``), to record as hyper-parameters.
+
+    ``log(event)`` is called for each event, in order, with a dict ``{"time": unix seconds,
+    "event": kind, **fields}`` (the same record as the ``events.jsonl`` line); the kinds and their
+    fields are listed in docs/plugins.md (``run_start``, ``train`` / ``tokenizer_train`` scalars with
+    ``step``, ``diagnostics``, ``samples`` with the ``grid`` PNG path, ``evaluation`` with the
+    ``protocol_hash`` and ``metrics``, ``run_end`` with ``status``, ...). Unknown kinds must be
+    ignored: new ones may be added. ``close()`` is called once at the end, also after a failure or an
+    interrupt.
+
+    A logger that raises is reported once (stderr and a ``warning`` event) and disabled; the run
+    goes on. Raise a :class:`~dlbench.registry.DlbenchError` from ``__init__`` for a problem the user
+    must fix before the run (e.g. a missing package): the run then stops before any work.
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("log", "close")
+    Config: ClassVar[type[ComponentConfig]] = EmptyConfig
+
+    @abstractmethod
+    def log(self, event: dict[str, Any]) -> None:
+        ...
+
+    def close(self) -> None:
+        """Flush and release resources (called once)."""
+
+
 KINDS: dict[str, type] = {
     "tokenizer": Tokenizer,
     "embedding": EmbeddingStrategy,
@@ -304,4 +340,5 @@ KINDS: dict[str, type] = {
     "method": Method,
     "dataset": ImageDataset,
     "feature_extractor": FeatureExtractor,
+    "logger": RunLogger,
 }

@@ -35,6 +35,7 @@ REGISTER_HOOKS: dict[str, str] = {
     "register_methods": "method",
     "register_datasets": "dataset",
     "register_feature_extractors": "feature_extractor",
+    "register_loggers": "logger",
 }
 
 

@@ -100,6 +100,7 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._locked = False
+        self.loggers: Any = None  # a dlbench.observe.loggers.LoggerSet while a run is attached
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -147,11 +148,34 @@ class RunDir:
         return data
 
     def event(self, kind: str, **fields: Any) -> None:
-        """Append one time-stamped event line to events.jsonl (append-only, one write per line)."""
+        """Record one time-stamped event: to every attached logger (see :meth:`attach`; the ``jsonl``
+        logger appends it to events.jsonl), or straight to events.jsonl when none is attached."""
         rec = {"time": time.time(), "event": kind, **fields}
-        line = json.dumps(rec, default=_json_default, sort_keys=True) + "\n"
-        with open(self.path / "events.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(line)
+        if self.loggers is not None:
+            self.loggers.log(rec)
+        else:
+            from dlbench.observe.loggers import JsonlLogger
+
+            JsonlLogger(run_dir=self.path).log(rec)
+
+    def attach(self, loggers: Any) -> None:
+        """Send this run's events to ``loggers`` (a :class:`dlbench.observe.loggers.LoggerSet`)."""
+        self.loggers = loggers
+
+    @contextmanager
+    def logging(self, make: Any) -> Iterator["RunDir"]:
+        """Attach the loggers ``make()`` builds for the duration of the block, then close them."""
+        self.attach(make())
+        try:
+            yield self
+        finally:
+            self.detach()
+
+    def detach(self) -> None:
+        """Close the attached loggers; later events go straight to events.jsonl."""
+        if self.loggers is not None:
+            loggers, self.loggers = self.loggers, None
+            loggers.close()
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         path = self.path / "events.jsonl"
