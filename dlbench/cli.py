@@ -250,9 +250,10 @@ def runs_cmd(
     if not found:
         console.print(f"no runs under {root}" + (" match the filters" if (method or status or dataset) else ""))
         return
-    table = Table(title=f"runs under {root}")
+    table = Table(title=f"runs under {root}", caption=f"run directory: {root}/<method>/<dataset>/<run>")
     for col in COLUMNS:
-        table.add_column(col, justify="right" if col in ("seed", "steps", "age") else "left")
+        table.add_column(col, justify="right" if col in ("seed", "steps", "age") else "left",
+                         no_wrap=col in ("run", "steps"))
     for row in rows(found, root):
         table.add_row(*row)
     out.print(table)

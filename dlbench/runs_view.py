@@ -234,14 +234,11 @@ def metrics_text(s: RunSummary) -> str:
 
 
 def rows(summaries: list[RunSummary], root: str | Path) -> list[list[str]]:
+    """Table rows; the run column is the directory name (``ROOT/<method>/<dataset>/<run>`` is its path)."""
     out = []
     for s in summaries:
-        try:
-            rel = str(Path(s.path).relative_to(root))
-        except ValueError:
-            rel = s.path
         steps = f"{s.step}/{s.total_steps}" if s.total_steps is not None else str(s.step)
-        out.append([rel if rel != "." else s.path, s.method, s.dataset, str(s.preset), str(s.seed), status_text(s),
+        out.append([Path(s.path).name, s.method, s.dataset, str(s.preset), str(s.seed), status_text(s),
                     steps, metrics_text(s), format_age(s.age_s)])
     return out
 

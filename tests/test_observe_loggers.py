@@ -161,3 +161,39 @@ def test_tensorboard_logger_writes_scalars_images_and_hparams(tmp_path):
                                                      "_hparams_/session_end_info"}
     start = ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     assert b"abc123" in start and b"training.lr" in start
+
+
+def test_the_mlflow_plugin_in_the_docs_works_against_the_public_interface(tmp_path, monkeypatch):
+    """docs/plugins.md's complete logger plugin, run as written against a stand-in ``mlflow`` module."""
+    import re
+    import sys
+    import types
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "class MLflowLogger" in b]
+    calls: list[tuple] = []
+    fake = types.ModuleType("mlflow")
+    for name in ("set_tracking_uri", "set_experiment", "start_run", "log_params", "set_tag", "log_metrics",
+                 "log_artifact", "end_run"):
+        setattr(fake, name, lambda *a, _n=name, **k: calls.append((_n, a, k)))
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    module = types.ModuleType("dlbench_mlflow_doc")
+    exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)
+    manager = get_manager()
+    assert manager.register_plugin(module, "mlflow-doc").ok
+    loggers = open_loggers([{"name": "mlflow", "params": {"experiment": "abl"}}], tmp_path,
+                           {"seed": 0, "training": {"lr": 0.1}}, registry=manager.registry)
+    assert loggers.names == ["jsonl", "mlflow"]
+    rd = RunDir(tmp_path)
+    with rd.logging(lambda: loggers):
+        rd.event("train", step=5, loss=2.0, lr=0.1)
+        rd.event("samples", n=4, path="s.npz", grid=str(tmp_path / "samples.png"), step=5)
+        rd.event("evaluation", protocol_hash="abc", metrics={"domain_fd": 1.0})
+        rd.event("run_end", status="ok")
+    assert not loggers.failed
+    names = [c[0] for c in calls]
+    assert names[:3] == ["set_experiment", "start_run", "log_params"] and names[-1] == "end_run"
+    assert ("log_metrics", ({"train/loss": 2.0, "train/lr": 0.1},), {"step": 5}) in calls
+    assert ("set_tag", ("protocol_hash", "abc"), {}) in calls
+    assert calls[2][1][0] == {"seed": "0", "training.lr": "0.1"}
