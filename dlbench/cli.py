@@ -125,6 +125,7 @@ def run(
     from dlbench.observe import progress
 
     progress.configure(quiet=quiet, interval=progress_interval)
+    progress.mode(), progress.interval()  # a bad DLBENCH_PROGRESS* fails here, before any work
 
     overrides = _parse_kv(set_)
     if precision:
