@@ -158,8 +158,14 @@ def evaluate(run_dir: str | Path, *, protocol: str | None = None) -> dict[str, A
     """(Re)evaluate a finished run under ``protocol`` (default: the run's own)."""
     from dlbench.train import pipeline
 
+    from dlbench.observe.loggers import open_loggers
+
     rd = RunDir.open(run_dir)
-    with rd.locked():
+    saved = rd.read_json("config.json", {}) or {}
+    # the run's own loggers see the new evaluation too; one whose plugin is gone is skipped, not fatal
+    known = set(get_registry().names("logger"))
+    refs = [r for r in saved.get("loggers") or [] if (r.get("name") if isinstance(r, dict) else r) in known]
+    with rd.locked(), rd.logging(lambda: open_loggers(refs, rd.path, saved, resume=True)):
         return pipeline.evaluate_run(rd, protocol=protocol)
 
 

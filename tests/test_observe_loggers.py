@@ -146,15 +146,22 @@ def test_tensorboard_logger_writes_scalars_images_and_hparams(tmp_path):
     tb.log({"time": 2.0, "event": "diagnostics", "stage": "train", "step": 5, "embed/mean_norm": 0.7})
     tb.log({"time": 3.0, "event": "samples", "n": 4, "grid": str(tmp_path / "samples.png"), "step": 5})
     tb.log({"time": 4.0, "event": "evaluation", "protocol_hash": "abc123", "metrics": {"domain_fd": 3.0}})
-    tb.log({"time": 4.0, "event": "eval", "step": 5, "domain_fd": 3.0})
+    tb.log({"time": 4.0, "event": "eval", "step": 5, "domain_fd": 3.0})  # the same numbers again: not repeated
     tb.log({"time": 5.0, "event": "run_end", "status": "ok"})
     tb.log({"time": 5.0, "event": "something_new", "x": 1})  # unknown kinds are ignored
     tb.close()
+    # `dlbench eval` later: a new writer at the run's last step; another protocol gets its own series
+    (tmp_path / "metrics.json").write_text(json.dumps({"training": {"step": 5}}))
+    (tmp_path / "protocol.json").write_text(json.dumps({"hash": "abc123"}))
+    later = TensorBoardLogger(TensorBoardLogger.Config(), run_dir=tmp_path, run_config={}, resume=True)
+    later.log({"time": 6.0, "event": "evaluation", "protocol_hash": "ffee9988aa", "metrics": {"fid": 40.0}})
+    later.close()
     ea = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
     ea.Reload()
     assert [(s.step, s.value) for s in ea.Scalars("train/loss")] == [(5, 2.0)]
     assert ea.Scalars("train/diagnostics/embed/mean_norm")[0].value == pytest.approx(0.7)
-    assert ea.Scalars("eval/domain_fd")[0].value == 3.0
+    assert [(s.step, s.value) for s in ea.Scalars("eval/domain_fd")] == [(5, 3.0)]
+    assert [(s.step, s.value) for s in ea.Scalars("eval@ffee9988/fid")] == [(5, 40.0)]
     img = ea.Images("samples")[0]
     assert (img.width, img.height) == (10, 6)
     assert set(ea.PluginTagToContent("hparams")) == {"_hparams_/experiment", "_hparams_/session_start_info",
@@ -197,3 +204,17 @@ def test_the_mlflow_plugin_in_the_docs_works_against_the_public_interface(tmp_pa
     assert ("log_metrics", ({"train/loss": 2.0, "train/lr": 0.1},), {"step": 5}) in calls
     assert ("set_tag", ("protocol_hash", "abc"), {}) in calls
     assert calls[2][1][0] == {"seed": "0", "training.lr": "0.1"}
+
+
+def test_dlbench_eval_sends_its_evaluation_to_the_runs_loggers(registry, tmp_path, monkeypatch):
+    from dlbench import api
+    from dlbench.train import pipeline
+
+    seen: list[dict] = []
+    monkeypatch.setattr(Recording, "log", lambda self, event: seen.append(event))
+    (tmp_path / "config.json").write_text(json.dumps({"loggers": [{"name": "recording"}, {"name": "uninstalled"}]}))
+    monkeypatch.setattr(pipeline, "evaluate_run", lambda rd, protocol=None: rd.event(
+        "evaluation", protocol_hash="h", metrics={"fid": 1.0}) or {"protocol_hash": "h"})
+    assert api.evaluate(tmp_path) == {"protocol_hash": "h"}
+    assert [e["event"] for e in seen] == ["evaluation"]  # the uninstalled logger is skipped, not fatal
+    assert [e["event"] for e in RunDir(tmp_path).events()] == ["evaluation"]

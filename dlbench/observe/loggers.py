@@ -79,9 +79,9 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-#: events the training loop and pipeline write that are not scalar series
-_NOT_SCALARS = {"run_start", "run_end", "checkpoint", "tokenizer", "samples", "recon", "evaluation", "warning",
-                "failure", "sampling"}
+#: events the training loop and pipeline write that are not scalar series (``eval`` repeats ``evaluation``)
+_NOT_SCALARS = {"run_start", "run_end", "checkpoint", "tokenizer", "samples", "recon", "evaluation", "eval",
+                "warning", "failure", "sampling"}
 
 
 def _numeric(fields: dict[str, Any]) -> dict[str, float]:
@@ -109,7 +109,13 @@ class TensorBoardLogger(RunLogger):
         self.logdir = Path(run_dir) / config.subdir
         self.writer = SummaryWriter(str(self.logdir), flush_secs=config.flush_secs)
         self.run_config = run_config or {}
-        self.step = 0
+        # a later `dlbench eval` of a finished run: its metrics land at the last training step, and a
+        # protocol other than the run's own gets its own series (numbers of two protocols never share one)
+        from dlbench.runs import read_json
+
+        done = read_json(Path(run_dir) / "metrics.json", {}) or {}
+        self.step = int((done.get("training") or {}).get("step") or 0)
+        self.own_protocol: str | None = (read_json(Path(run_dir) / "protocol.json", {}) or {}).get("hash")
         self.protocol_hash: str | None = None
         self.final: dict[str, float] = {}
         self.hparams_written = False
@@ -136,13 +142,19 @@ class TensorBoardLogger(RunLogger):
             stage = fields.get("stage", "train")
             for k, v in _numeric(fields).items():
                 self.writer.add_scalar(f"{stage}/diagnostics/{k}", v, self.step, walltime=wall)
-        elif kind == "eval":
-            for k, v in _numeric(fields).items():
-                self.writer.add_scalar(f"eval/{k}", v, self.step, walltime=wall)
-                self.final[f"eval/{k}"] = v
         elif kind == "evaluation":
-            self.protocol_hash = fields.get("protocol_hash")
-            self.writer.add_text("protocol_hash", str(self.protocol_hash), self.step)
+            h = fields.get("protocol_hash")
+            if self.own_protocol is None:
+                self.own_protocol = h
+            own = h == self.own_protocol
+            prefix = "eval" if own else f"eval@{str(h)[:8]}"
+            for k, v in _numeric(fields.get("metrics") or {}).items():
+                self.writer.add_scalar(f"{prefix}/{k}", v, self.step, walltime=wall)
+                if own:
+                    self.final[f"eval/{k}"] = v
+            if own:
+                self.protocol_hash = h
+            self.writer.add_text("protocol_hash", str(h), self.step)
         elif kind == "samples":
             self._image("samples", fields.get("grid"), self.step)
         elif kind == "recon":
