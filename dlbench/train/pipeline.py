@@ -176,7 +176,6 @@ def tokenize_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tokens long "n h w", labels long "n")`` of a split, cached next to the tokenizer."""
     from dlbench.data import load_split_tensors
-
     from dlbench.observe.progress import task
 
     path = cache_root() / "tokenizers" / key / f"tokens-{split}-{dataset.fingerprint(split)[:16]}.pt"
