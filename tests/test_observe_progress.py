@@ -153,3 +153,40 @@ def test_format_duration_and_values():
     assert progress.format_duration(3725) == "1:02:05"
     assert progress.format_duration(None) == "?"
     assert progress.format_value(0.5) == "0.5000" and progress.format_value(1e-6) == "1.000e-06"
+
+
+def test_inception_feature_extraction_reports_the_items_the_backend_reads(clock, stderr):
+    import torch
+
+    from dlbench.eval.backends import Uint8ImageDataset, _WithProgress
+
+    progress.configure(interval=0)
+    images = torch.zeros(5, 1, 8, 8, dtype=torch.uint8)
+    cached = _WithProgress(Uint8ImageDataset(images), "inception_features/reference")
+    read = _WithProgress(Uint8ImageDataset(images), "inception_features/generated")
+    for i in range(len(read)):  # what torch-fidelity's DataLoader does (num_workers=0)
+        clock.t += 1
+        assert read[i].shape == (3, 8, 8)
+    cached.bar.close()  # never read: its features came from the cache
+    out = lines(stderr)
+    assert all("[inception_features/generated]" in x for x in out)
+    assert "start: 0/5 images" in out[0] and "ETA 0:00:00" in out[-2] and "done: 5/5 images" in out[-1]
+
+
+def test_domain_classifier_training_and_features_report_progress(clock, stderr, tmp_path, monkeypatch):
+    import torch
+
+    from dlbench.eval import domain
+
+    progress.configure(interval=0)
+    monkeypatch.setattr(domain, "cache_dir", lambda: tmp_path)
+    train = [(torch.full((1, 8, 8), 40 * (i % 3), dtype=torch.uint8), i % 3) for i in range(24)]
+    cfg = domain.DomainClassifierConfig(steps=3, batch_size=8, width=4, feature_dim=8)
+    model, _ = domain.train_domain_classifier(train, None, fingerprint="f", channels=1, num_classes=3, config=cfg)
+    domain.domain_metrics(model, torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(6, 1, 8, 8, dtype=torch.uint8))
+    domain.train_domain_classifier(train, None, fingerprint="f", channels=1, num_classes=3, config=cfg)  # cached
+    text = stderr.getvalue()
+    assert "[domain_classifier] start: 0/3 steps" in text and "[domain_classifier] done: 3/3 steps" in text
+    assert re.search(r"\[domain_classifier\] 2/3 steps \(67%\) \| loss [\d.]+ \| elapsed 0:00:00 \| ETA", text)
+    assert "[domain_features/generated] done: 4/4 images" in text and "[domain_features/reference] done: 6/6" in text
+    assert "[domain_classifier] skipped: reused cached classifier" in text
