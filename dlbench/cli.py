@@ -201,9 +201,15 @@ def compare(
     format: str = typer.Option("table", "--format", help="table | md | csv | json | latex"),
     html: Optional[Path] = typer.Option(None, "--html", help="write a static HTML report into this directory"),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="allow different budgets/tokenizers (marked)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or progress lines"),
+    progress_interval: Optional[float] = typer.Option(None, "--progress-interval",
+                                                      help="seconds between progress lines in a log file"),
 ) -> None:
     """Compare methods under one protocol and one budget (trains what is missing, reuses the rest)."""
     from dlbench import api
+    from dlbench.observe import progress
+
+    progress.configure(quiet=quiet, interval=progress_interval)
 
     if runs and methods and all(Path(m).is_dir() for m in methods):
         # `--runs A B C` (e.g. a shell glob): click binds only A to the option, the rest arrive as METHODS
