@@ -132,9 +132,24 @@ def get_tokenizer(
         tokenizer.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         info = read_json(folder / "info.json", {}) or {}
         action = "reused cached"
+    elif getattr(tokenizer, "pretrained", False):  # imported weights (e.g. tokenizer/vqgan checkpoint=...)
+        info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
+                "imported": getattr(tokenizer, "imported", None), "training": None}
+        if ctx.is_main:
+            import io
+
+            buf = io.BytesIO()
+            torch.save(tokenizer.state_dict(), buf)
+            atomic_write_json(folder / "info.json", info)
+            atomic_write_bytes(weights, buf.getvalue())
+        ctx.barrier()
+        action = "imported"
     else:
         if not train_if_missing:
             raise PipelineError(f"tokenizer {key} is not in the cache ({folder}); re-run `dlbench run` to train it")
+        prepare = getattr(tokenizer, "prepare_training", None)
+        if callable(prepare):  # fail before loading data, e.g. VQGAN's LPIPS weights are missing
+            prepare()
         images, _ = load_split_tensors(dataset, "train")
         tcfg = cfg.tokenizer.training
         result = train(
