@@ -60,6 +60,7 @@ class TrainingConfig(Section):
     grad_clip: float | None = Field(1.0, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     precision: Literal["fp32", "bf16"] = "fp32"
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (same global batch, less memory)")
     budget_images: int | None = Field(None, gt=0, description="stop after this many images seen")
     budget_minutes: float | None = Field(None, gt=0, description="stop after this wall-clock time")
     log_every: int = Field(50, gt=0)

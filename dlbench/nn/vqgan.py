@@ -254,6 +254,7 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("ema_cluster_size", torch.zeros(k))
             self.register_buffer("ema_embed_sum", self.embedding.weight.data.clone())
         self.register_buffer("usage", torch.zeros(k))  # code counts since the last restart
+        self._restarted_at = -1
 
     def forward(self, z_e: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """``z_e "b h w d"`` -> ``(z_q straight-through "b h w d", codes "b h w", loss terms)``."""
@@ -295,8 +296,9 @@ class VectorQuantizer(nn.Module):
             dist.all_reduce(counts)
         self.usage.add_(counts)
         every = self.cfg.restart_every
-        if every <= 0 or step % every:
+        if every <= 0 or step % every or step == self._restarted_at:  # once per step under grad accumulation
             return 0
+        self._restarted_at = step
         dead = self.usage < self.cfg.restart_threshold
         flat = z_e.reshape(-1, z_e.shape[-1]).float()
         candidates = flat[torch.randint(0, flat.shape[0], (self.cfg.codebook_size,), device=flat.device)]
@@ -383,6 +385,11 @@ class VQGAN(Tokenizer):
 
             self._lpips.append(build_lpips(self.config.lpips_vgg_weights))
 
+    def on_step_end(self) -> None:
+        """Called by the training loop after each optimizer step: counts steps (not micro-batches) for the
+        delayed discriminator start and the restart period; the count is saved with the weights."""
+        self.train_steps.add_(1)
+
     def perceptual(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """LPIPS per image ``"b 1 1 1"``; grey images are repeated to 3 channels for VGG."""
         self.prepare_training()
@@ -396,9 +403,7 @@ class VQGAN(Tokenizer):
     def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The objective of the module docstring for one batch ``"b c H W"``; terms logged separately."""
         cfg = self.config
-        if self.training:
-            self.train_steps.add_(1)
-        step = int(self.train_steps)
+        step = int(self.train_steps) + 1  # the optimizer step being computed (1-based); see on_step_end
         z_e = self._z_e(images)
         z_q, codes, vq_terms = self.quantize(z_e, step)
         recon = self._decode_z(z_q)

@@ -181,29 +181,17 @@ def get_tokenizer(
     return tokenizer, key, info
 
 
-@torch.no_grad()
 def tokenize_split(
     tokenizer: Tokenizer, dataset: ImageDataset, split: str, key: str, ctx: DistContext, batch_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(tokens long "n h w", labels long "n")`` of a split, cached next to the tokenizer."""
-    from dlbench.data import load_split_tensors
+) -> tuple[Any, torch.Tensor]:
+    """``(tokens "n h w", labels long "n")`` of a split, extracted once into a memory-mapped cache next to
+    the tokenizer (:mod:`dlbench.data.token_cache`; sharded over ranks). ``tokens`` is a
+    :class:`~dlbench.data.token_cache.TokenArray`: indexing it returns long tensors, rows are read on demand."""
+    from dlbench.data.token_cache import extract_tokens
 
-    path = cache_root() / "tokenizers" / key / f"tokens-{split}-{dataset.fingerprint(split)[:16]}.pt"
-    if path.is_file():
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        return data["tokens"], data["labels"]
-    images, labels = load_split_tensors(dataset, split)
-    tokens = torch.cat([
-        tokenizer.encode(to_float_images(images[i : i + batch_size]).to(ctx.device)).cpu()
-        for i in range(0, len(images), batch_size)
-    ])
-    if ctx.is_main:
-        import io
-
-        buf = io.BytesIO()
-        torch.save({"tokens": tokens, "labels": labels.long()}, buf)
-        atomic_write_bytes(path, buf.getvalue())
-    return tokens, labels.long()
+    return extract_tokens(tokenizer.encode, dataset.split(split), cache_root() / "tokenizers" / key, split,
+                          dataset.fingerprint(split), codebook_size=tokenizer.codebook_size, ctx=ctx,
+                          device=ctx.device, batch_size=batch_size)
 
 
 @torch.no_grad()
