@@ -216,7 +216,7 @@ def build_plan(cfg: Any, *, accelerator: str = "H100", devices: int = 1, utilisa
     tok_train = Stage("tokenizer training", per_image * t.batch_size * t.steps, detail, tok_params,
                       per_image * t.batch_size, per_image, "image",
                       _memory(tok_params, acts, t.batch_size, devices, ema=t.ema_decay > 0,
-                              act_scale=0.5 if t.precision == "bf16" else 1.0))
+                              act_scale=0.5 if t.precision == "bf16" else 1.0, grad_accum=t.grad_accum))
     if tp.get("checkpoint") or tp.get("pretrained"):
         tok_train.flops, tok_train.skipped = 0.0, "imported checkpoint: no tokenizer training"
     stages.append(tok_train)
@@ -234,8 +234,14 @@ def build_plan(cfg: Any, *, accelerator: str = "H100", devices: int = 1, utilisa
         num_classes = 1000 if cfg.dataset.name == "imagenet" else (nc if isinstance(nc, int) else None)
     context = MethodContext(codebook_size=tok.codebook_size, token_grid=grid, num_classes=num_classes, tokenizer=tok,
                             backbone={"preset": cfg.backbone.preset, **cfg.backbone.params})
-    with torch.device("meta"):
-        method = spec.build(cfg.method.params, context=context)
+    try:
+        with torch.device("meta"):
+            method = spec.build(cfg.method.params, context=context)
+    except (RuntimeError, NotImplementedError):  # data-dependent checks at build time: build on CPU, then measure on meta
+        tok_spec = registry.get("tokenizer", cfg.tokenizer.name)
+        context.tokenizer = tok_spec.build({k: v for k, v in cfg.tokenizer.params.items()
+                                            if k not in ("checkpoint", "pretrained")}, channels=channels, resolution=resolution)
+        method = spec.build(cfg.method.params, context=context).to("meta")
     gen_params = sum(p.numel() for p in method.parameters() if p.requires_grad)
     den = getattr(method, "denoiser", None)
     if den is None:
@@ -253,7 +259,7 @@ def build_plan(cfg: Any, *, accelerator: str = "H100", devices: int = 1, utilisa
                         f"3 x denoiser forward x forwards_per_step {fps:.3g}", gen_params, per_sample * g.batch_size,
                         per_sample, "sample",
                         _memory(gen_params, a_den * max(1, int(fps)), g.batch_size, devices, ema=g.ema_decay > 0,
-                                act_scale=bf16)))
+                                act_scale=bf16, grad_accum=g.grad_accum)))
     s = cfg.sampling
     from dlbench.train.pipeline import _nfe
 
@@ -277,9 +283,9 @@ def _tok_desc(cfg: Any, tok: Any) -> str:
 
 
 def _memory(params: int, act_bytes_per_item: float, global_batch: int, devices: int, *, ema: bool,
-            act_scale: float) -> dict[str, float]:
+            act_scale: float, grad_accum: int = 1) -> dict[str, float]:
     """Bytes per device: fp32 weights + grads + AdamW moments (+ EMA) and the micro-batch's activations."""
-    per_device = math.ceil(global_batch / devices)
+    per_device = math.ceil(global_batch / devices / grad_accum)
     return {"weights+grads+adam": params * 16.0, "ema": params * 4.0 if ema else 0.0,
             "activations": act_bytes_per_item * per_device * act_scale, "micro_batch": per_device}
 
@@ -377,8 +383,12 @@ def describe(cfg: Any) -> str:
     ds_cls = get_registry().get("dataset", cfg.dataset.name).factory
     channels = int(cfg.dataset.params.get("channels", getattr(ds_cls, "channels", 3)) or 3)
     resolution = int(cfg.dataset.params.get("resolution", getattr(ds_cls, "resolution", 32)))
-    tok, grid = _tokenizer_and_grid(cfg, channels, resolution)
+    try:
+        tok, grid = _tokenizer_and_grid(cfg, channels, resolution)
+        tok_text = f"({_tok_desc(cfg, tok)}) -> {grid[0]}x{grid[1]} token grid"
+    except Exception as exc:  # noqa: BLE001 - a plugin tokenizer that cannot be built on the meta device
+        tok_text = f"(token grid unknown before building it: {type(exc).__name__})"
     return (f"{cfg.method.name} on {cfg.dataset.name} at {resolution}px: tokenizer {cfg.tokenizer.name} "
-            f"({_tok_desc(cfg, tok)}) -> {grid[0]}x{grid[1]} token grid; backbone {cfg.backbone.preset}; "
+            f"{tok_text}; backbone {cfg.backbone.preset}; "
             f"{cfg.training.steps} steps at batch {cfg.training.batch_size}; {cfg.sampling.steps or 'default'} sampling steps; "
             f"protocol {cfg.evaluation.protocol}")

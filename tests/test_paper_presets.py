@@ -63,3 +63,12 @@ def test_later_layers_still_win():
     assert cfg.tokenizer.params["codebook_size"] == 512 and cfg.sampling.steps == 100
     tok = build_config("vqlcmd", registry=get_registry(), preset="paper", dataset="ffhq", tokenizer="vqvae")
     assert tok.tokenizer.name == "vqvae" and "ch_mult" not in tok.tokenizer.params
+
+
+def test_dry_run_names_the_tokenizer_and_token_grid(capsys):
+    from dlbench.cli import main
+
+    main(["run", "vqlcmd", "--dataset", "ffhq", "--preset", "paper", "--dry-run"])
+    captured = capsys.readouterr()
+    assert '"name": "vqgan"' in captured.out
+    assert "tokenizer vqgan (f16, K=1024, d=256) -> 16x16 token grid" in captured.err

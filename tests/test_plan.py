@@ -38,7 +38,7 @@ def test_paper_ffhq_plan_arithmetic(ffhq_plan):
     assert gen.flops == pytest.approx(gen.flops_per_step * cfg.training.steps)
     assert gen.memory_bytes["micro_batch"] == 256 // 8
     assert plan.seconds(gen) == pytest.approx(gen.flops / (8 * 989e12 * 0.4))
-    assert plan.tokens_on_disk_bytes == 70_000 * 16 * 16 * plan.tokens_on_disk_bytes // (70_000 * 256)
+    assert plan.tokens_on_disk_bytes == 70_000 * 16 * 16 * 2  # uint16 ids for K = 1024 (dlbench.data.token_cache)
     text = render(plan)
     assert "16x16 tokens" in text and "assumed utilisation 40%" in text and "| **total**" in text
 
@@ -64,3 +64,15 @@ def test_plan_cli(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["plan", "vqlcmd", "--accelerator", "TPU9"])
     assert exc.value.code == 2
+
+
+def test_plan_builds_methods_with_build_time_checks_and_counts_accumulation():
+    """VQ-Diffusion validates its schedule at build time (not possible on meta): built on CPU, measured on meta."""
+    reg = get_registry()
+    cfg = build_config("vq-diffusion", registry=reg, preset="paper", dataset="ffhq")
+    acc = build_config("vq-diffusion", registry=reg, preset="paper", dataset="ffhq", overrides=["training.grad_accum=4"])
+    gen, gen4 = (next(s for s in build_plan(c, accelerator="A100", devices=8).stages if s.name == "generator training")
+                 for c in (cfg, acc))
+    assert gen.flops == gen4.flops and gen.params > 90e6
+    assert gen4.memory_bytes["micro_batch"] == 8 and gen4.memory_bytes["activations"] == pytest.approx(
+        gen.memory_bytes["activations"] / 4)
