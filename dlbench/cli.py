@@ -139,12 +139,37 @@ def run(
         cfg = api.resolve(method, dataset=dataset, preset=preset, tokenizer=tokenizer, config_file=config,
                           overrides=overrides, seed=seed, device=device, loggers=logger or ())
         out.print_json(json.dumps(cfg.to_dict()))
+        from dlbench.plan import describe
+
+        console.print(describe(cfg), highlight=False, soft_wrap=True)
         return
     result = api.run(method, dataset=dataset, preset=preset, tokenizer=tokenizer, config_file=config,
                      overrides=overrides, out=out_dir, seed=seed, device=device, resume=resume,
                      loggers=logger or ())
     if result is not None and result.rank == 0:  # under torchrun the other ranks stay quiet
         _print_result(result)
+
+
+@app.command()
+def plan(
+    method: str = typer.Argument(..., help="method name (see `dlbench list method`)"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d"),
+    preset: str = typer.Option("default", "--preset", "-p", help="quick | default | paper"),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="override: section.field=value (repeatable)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+    accelerator: str = typer.Option("H100", "--accelerator", help="V100 | A100 | H100 | H200 | cpu (measured)"),
+    devices: int = typer.Option(1, "--devices", help="number of accelerators (torchrun world size)"),
+    utilisation: Optional[float] = typer.Option(None, "--utilisation", help="assumed fraction of peak FLOP/s"),
+) -> None:
+    """Cost of a run before it runs: parameters, FLOPs, memory per device, tokens on disk, wall clock."""
+    from dlbench import api
+    from dlbench.plan import build_plan, render
+
+    _registry()
+    cfg = api.resolve(method, dataset=dataset, preset=preset, tokenizer=tokenizer, config_file=config,
+                      overrides=_parse_kv(set_))
+    print(render(build_plan(cfg, accelerator=accelerator, devices=devices, utilisation=utilisation)))
 
 
 def _print_result(result) -> None:

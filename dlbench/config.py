@@ -4,7 +4,8 @@ A run config is built in layers, later layers winning:
 
 1. the section defaults below;
 2. the base preset (:data:`BASE_PRESETS`: ``quick`` / ``default`` / ``paper``);
-3. the method's own preset overrides (``Method.presets[preset]``);
+3. the method's own preset overrides (``Method.presets[preset]``); for ``paper`` also the per-dataset
+   published settings of :mod:`dlbench.paper_presets` (refused for a dataset without them);
 4. ``--config FILE`` (JSON, TOML or YAML);
 5. explicit CLI arguments (``--dataset``, ``--tokenizer``, ``--seed``, ``--device``);
 6. ``--set section.field=value`` overrides (``--set method.w_cm=0.5`` is short for
@@ -59,6 +60,7 @@ class TrainingConfig(Section):
     grad_clip: float | None = Field(1.0, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     precision: Literal["fp32", "bf16"] = "fp32"
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (same global batch, less memory)")
     budget_images: int | None = Field(None, gt=0, description="stop after this many images seen")
     budget_minutes: float | None = Field(None, gt=0, description="stop after this wall-clock time")
     log_every: int = Field(50, gt=0)
@@ -296,8 +298,14 @@ def build_config(
     data = deep_merge(data, BASE_PRESETS[preset])
     method_presets = getattr(spec.factory, "presets", {}) or {}
     data = deep_merge(data, method_presets.get(preset, {}))
-    if config_file is not None:
-        file_data = load_config_file(config_file)
+    file_data = load_config_file(config_file) if config_file is not None else None
+    if preset == "paper":  # per-dataset published settings (dlbench.paper_presets)
+        from dlbench.paper_presets import apply_paper_preset
+
+        ds = dataset or (file_data or {}).get("dataset", {}).get("name") or data.get("dataset", {}).get("name")
+        owns = "name" in method_presets.get("paper", {}).get("tokenizer", {})
+        data = apply_paper_preset(data, spec.name, ds or DatasetRef().name, method_owns_tokenizer=owns)
+    if file_data is not None:
         if "method" in file_data and file_data["method"].get("name", spec.name) != spec.name:
             raise ConfigError(
                 f"--config {config_file}: method.name is {file_data['method']['name']!r} "

@@ -1,4 +1,4 @@
-"""Shared networks: the DiT-style token denoiser, the conv VQ autoencoder tokenizer, parameter EMA."""
+"""Shared networks: the DiT-style token denoiser, the conv VQ-VAE and VQGAN tokenizers, parameter EMA."""
 
 from dlbench.nn.denoiser import (
     BACKBONE_PRESETS,
@@ -20,12 +20,13 @@ __all__ = [
     "resolve_backbone",
 ]
 
+from dlbench.nn.vqgan import VQGAN, VQGANConfig  # noqa: E402
 from dlbench.nn.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 
 #: tokenizers shipped with the core, registered by dlbench.builtin as ``tokenizer/<name>``
-TOKENIZERS = {"vqvae": VQVAE}
+TOKENIZERS = {"vqvae": VQVAE, "vqgan": VQGAN}
 
-__all__ += ["VQVAE", "VQVAEConfig", "TOKENIZERS"]
+__all__ += ["VQGAN", "VQGANConfig", "VQVAE", "VQVAEConfig", "TOKENIZERS"]
 
 from dlbench.nn.ema import EMA, ema_decay_at  # noqa: E402
 

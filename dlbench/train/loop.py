@@ -25,6 +25,7 @@ from torch import nn
 from dlbench.nn.ema import EMA, ema_decay_at
 from dlbench.registry import DlbenchError
 from dlbench.seeding import derive_seed, splitmix64
+from dlbench.train.accumulate import accumulate_backward, check_accumulation
 from dlbench.train.checkpoint import (
     ResumeConfigMismatch,
     capture_rng,
@@ -41,7 +42,7 @@ EventFn = Callable[..., None]  # like RunDir.event(kind, **fields)
 #: config fields that may change between a checkpoint and its resume (budgets and logging cadence)
 RESUMABLE_FIELDS: tuple[str, ...] = (
     "training.steps", "training.budget_images", "training.budget_minutes", "training.log_every",
-    "training.checkpoint_every", "training.diagnostics_every", "device", "loggers",
+    "training.checkpoint_every", "training.diagnostics_every", "training.grad_accum", "device", "loggers",
 )
 
 
@@ -210,6 +211,8 @@ def train(
         emit(f"{stage}_resume", step=step, checkpoint=str(path))
 
     wrapped = wrap_ddp(_LossModule(model, loss_fn), ctx)
+    accum = int(getattr(config, "grad_accum", 1))
+    check_accumulation(batches.batch_size, ctx.world_size, accum)
     params = [p for p in model.parameters() if p.requires_grad]
     use_bf16 = precision == "bf16"
     if use_bf16 and ctx.is_main and (why := bf16_warning(device)) is not None:
@@ -254,10 +257,10 @@ def train(
             lr = warmup_lr(config.lr, step, config.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, terms = wrapped(*batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.float().backward()
+            loss, terms = accumulate_backward(  # grad_accum micro-batches, one optimizer step
+                wrapped, batch, accum,
+                lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16))
             clip = config.grad_clip if config.grad_clip is not None else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if params else torch.tensor(0.0)
             loss_value, grad_value = float(loss.detach()), float(grad_norm)

@@ -132,9 +132,24 @@ def get_tokenizer(
         tokenizer.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         info = read_json(folder / "info.json", {}) or {}
         action = "reused cached"
+    elif getattr(tokenizer, "pretrained", False):  # imported weights (e.g. tokenizer/vqgan checkpoint=...)
+        info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
+                "imported": getattr(tokenizer, "imported", None), "training": None}
+        if ctx.is_main:
+            import io
+
+            buf = io.BytesIO()
+            torch.save(tokenizer.state_dict(), buf)
+            atomic_write_json(folder / "info.json", info)
+            atomic_write_bytes(weights, buf.getvalue())
+        ctx.barrier()
+        action = "imported"
     else:
         if not train_if_missing:
             raise PipelineError(f"tokenizer {key} is not in the cache ({folder}); re-run `dlbench run` to train it")
+        prepare = getattr(tokenizer, "prepare_training", None)
+        if callable(prepare):  # fail before loading data, e.g. VQGAN's LPIPS weights are missing
+            prepare()
         images, _ = load_split_tensors(dataset, "train")
         tcfg = cfg.tokenizer.training
         result = train(
@@ -170,32 +185,17 @@ def get_tokenizer(
     return tokenizer, key, info
 
 
-@torch.no_grad()
 def tokenize_split(
     tokenizer: Tokenizer, dataset: ImageDataset, split: str, key: str, ctx: DistContext, batch_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(tokens long "n h w", labels long "n")`` of a split, cached next to the tokenizer."""
-    from dlbench.data import load_split_tensors
-    from dlbench.observe.progress import task
+) -> tuple[Any, torch.Tensor]:
+    """``(tokens "n h w", labels long "n")`` of a split, extracted once into a memory-mapped cache next to
+    the tokenizer (:mod:`dlbench.data.token_cache`; sharded over ranks). ``tokens`` is a
+    :class:`~dlbench.data.token_cache.TokenArray`: indexing it returns long tensors, rows are read on demand."""
+    from dlbench.data.token_cache import extract_tokens
 
-    path = cache_root() / "tokenizers" / key / f"tokens-{split}-{dataset.fingerprint(split)[:16]}.pt"
-    if path.is_file():
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        return data["tokens"], data["labels"]
-    images, labels = load_split_tensors(dataset, split)
-    chunks = []
-    with task("tokenize", len(images), "images", info=f"{split} split") as bar:
-        for i in range(0, len(images), batch_size):
-            chunks.append(tokenizer.encode(to_float_images(images[i : i + batch_size]).to(ctx.device)).cpu())
-            bar.update(min(i + batch_size, len(images)))
-    tokens = torch.cat(chunks)
-    if ctx.is_main:
-        import io
-
-        buf = io.BytesIO()
-        torch.save({"tokens": tokens, "labels": labels.long()}, buf)
-        atomic_write_bytes(path, buf.getvalue())
-    return tokens, labels.long()
+    return extract_tokens(tokenizer.encode, dataset.split(split), cache_root() / "tokenizers" / key, split,
+                          dataset.fingerprint(split), codebook_size=tokenizer.codebook_size, ctx=ctx,
+                          device=ctx.device, batch_size=batch_size)
 
 
 @torch.no_grad()

@@ -140,7 +140,7 @@ def test_presets_resolve_through_the_run_config(preset):
     registry = get_registry()
     if "vq-diffusion" not in registry.names("method"):
         pytest.skip("dlbench entry points not installed")
-    cfg = build_config("vq-diffusion", registry=registry, preset=preset)
+    cfg = build_config("vq-diffusion", registry=registry, preset=preset, dataset="ffhq" if preset == "paper" else None)
     params = VQDiffusionConfig.model_validate(cfg.method.params)
     assert cfg.sampling.steps is None or cfg.sampling.steps <= params.num_steps
     VQDiffusion(params, context=MethodContext(codebook_size=8, token_grid=(2, 2), num_classes=2,
