@@ -180,6 +180,61 @@ def reference_row(args, env) -> dict:
     return ref
 
 
+def collapse_study(args, env, argv, start: float) -> list[str]:
+    """``csdm`` vs ``vqlcmd`` under the method params of their ``collapse`` preset (backbone and budget from the
+    command line): the embedding diagnostics every ``--log-every`` steps (issue 15 item 6: does the table move?)."""
+    from dlbench.config import TrainingConfig
+    from dlbench.interfaces import MethodContext
+    from dlbench.plugins import get_registry
+    from dlbench.train.loop import TensorBatches, train
+
+    reg = get_registry()
+    lines = [
+        "# Collapse-study configuration: does the embedding move? (`collapse` preset method params)",
+        "",
+        f"{machine_line()}; command: `python benchmarks/bench_vqlcmd_ablation.py {' '.join(argv)}`. "
+        "**Contended CPU (load average above).**",
+        "",
+        f"Tokenizer `{env['key']}`; backbone width {args.width}, depth {args.depth}; batch {args.batch}, lr {args.lr}, "
+        f"{args.steps} steps, seed {args.seed}; sigma at diag_t = 0.5 scales the distances.",
+        "",
+        "| method | method params (collapse preset) | step | E moved ‖E−E0‖/‖E0‖ | mean norm | min dist/σ | "
+        "mean dist/σ | eff. rank | mean cos |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("csdm", "vqlcmd"):
+        spec = reg.get("method", name)
+        params = dict(spec.factory.presets["collapse"]["method"]["params"])
+        ctx = MethodContext(codebook_size=env["tokenizer"].codebook_size,
+                            token_grid=tuple(env["train"][0].shape[1:]), num_classes=env["num_classes"],
+                            backbone={"preset": "tiny", "width": args.width, "depth": args.depth, "heads": args.heads})
+        torch.manual_seed(args.seed)
+        m = spec.build(params, context=ctx)
+        e0 = m.embedding.weight().detach().clone()
+        rows: list[tuple[int, dict, float]] = [(0, m.diagnostics(), 0.0)]
+
+        def events(kind, **fields):
+            if kind == "diagnostics":
+                e = m.embedding.weight().detach()
+                rows.append((fields["step"], fields, float((e - e0).norm() / e0.norm())))
+
+        cfg = TrainingConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=20, grad_clip=1.0,
+                             ema_decay=0.0, log_every=10**9, checkpoint_every=10**9, diagnostics_every=args.log_every)
+        tokens, labels = env["train"]
+        train(m, lambda mod, b: mod.loss(b[0], b[1]), TensorBatches(tokens, labels, batch_size=args.batch,
+              seed=args.seed), cfg, show_progress=False, seed=args.seed, events=events, diagnostics=m.diagnostics)
+        shown = {k: params[k] for k in ("embed_lr_scale", "dm_objective", "dm_weighting", "normalize_embeddings")}
+        for step, d, moved in rows:
+            lines.append(
+                f"| {name} | {json.dumps(shown) if step == 0 else ''} | {step} | {moved:.3f} | "
+                f"{d['embed/mean_norm']:.3f} | {d['embed/min_pairwise_dist_over_sigma']:.3f} | "
+                f"{d['embed/mean_pairwise_dist_over_sigma']:.3f} | {d['embed/effective_rank']:.2f} | "
+                f"{d['embed/mean_cosine']:.3f} |")
+        print("\n".join(lines[-len(rows):]), file=sys.stderr, flush=True)
+    lines += ["", f"wall-clock {time.time() - start:.0f} s (contended)."]
+    return lines
+
+
 def weight_mass_rows(shift: float) -> list[str]:
     from dlbench.schedules.continuous import ShiftedCosineSchedule
     from dlbench_vqlcmd.weighting import weight_mass
@@ -259,6 +314,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer-preset", default="quick")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="run-config override for the tokenizer, e.g. tokenizer.training.steps=300")
+    ap.add_argument("--collapse-study", action="store_true",
+                    help="instead of the ablation: csdm vs vqlcmd under their `collapse` preset's method params")
+    ap.add_argument("--log-every", type=int, default=100, help="--collapse-study: diagnostics interval (steps)")
     ap.add_argument("--json", default=None, help="append each variant's result here as it finishes")
     ap.add_argument("--record", default=None, help="write the markdown report here")
     args = ap.parse_args(argv)
@@ -266,6 +324,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     start = time.time()
     env = setup(args)
+    if args.collapse_study:
+        print_and_record(collapse_study(args, env, argv, start), args.record)
+        return 0
     ref = reference_row(args, env)
     base_fwd = build(BASE, args, env).forwards_per_step
     results = []

@@ -209,3 +209,35 @@ def test_self_conditioning_trains_on_a_detached_estimate_and_the_sampler_reuses_
     # the fed estimate is softmax(previous logits) @ E: rebuild it from the first call
     logits0 = m.denoiser(inputs[0], torch.full((2,), m.config.t_max), torch.tensor([0, 1]))
     torch.testing.assert_close(inputs[1][..., 4:], torch.softmax(logits0, -1) @ m.embedding.weight())
+
+
+# -- presets -----------------------------------------------------------------------------------------------
+
+
+def test_benchmark_preset_gives_vqlcmd_and_one_pass_methods_equal_compute():
+    from dlbench.config import BASE_PRESETS
+    from dlbench_vqlcmd.method import CSDM
+    from dlbench_vqlcmd.presets import BENCHMARK_STEPS, forwards_per_step
+
+    assert BASE_PRESETS["benchmark"]["training"]["steps"] == BENCHMARK_STEPS  # one-pass methods (vq-diffusion)
+    for cls in (VQLCMD, CSDM):
+        fwd = forwards_per_step(cls.Config())
+        steps = cls.presets["benchmark"]["training"]["steps"]
+        assert abs(steps * fwd - BENCHMARK_STEPS) <= fwd / 2  # rounding to whole steps only
+    assert CSDM.presets["benchmark"]["training"]["steps"] > VQLCMD.presets["benchmark"]["training"]["steps"]
+    m = _method()
+    assert m.forwards_per_step == pytest.approx(forwards_per_step(m.config))
+
+
+def test_collapse_preset_leaves_the_table_free_to_collapse():
+    from dlbench.config import build_config
+    from dlbench.plugins import get_registry
+
+    registry = get_registry()
+    if "csdm" not in registry.names("method"):
+        pytest.skip("dlbench entry points not installed")
+    for name, has_cm in (("csdm", False), ("vqlcmd", True)):
+        p = build_config(name, registry=registry, preset="collapse").method.params
+        assert p["embedding"] == "learnable" and not p["normalize_embeddings"]
+        assert p["dm_objective"] == "mse" and p["embed_lr_scale"] > 1  # scale pressure, a table that moves
+        assert (p["w_cm"] > 0) == has_cm
