@@ -63,8 +63,14 @@ VARIANTS: dict[str, dict] = {
     "rec-full-batch": {"rec_fraction": 1.0},  # [4]
     "self-cond": {"self_condition": True},  # [4]
     "no-cm": {"w_cm": 0.0},
+    # combinations of the single-factor winners (second round)
+    "combo-ce-normalized": {"dm_objective": "ce", "normalize_embeddings": True},  # the CDCD/Plaid recipe
+    "combo-ce-delta-teacher": {"dm_objective": "ce", "cm_zs": "ddim", "cm_step_model": "teacher",
+                               "cm_s_sampling": "delta", "cm_delta": 0.05},
+    "combo-lr1-delta-teacher": {"embed_lr_scale": 1.0, "cm_zs": "ddim", "cm_step_model": "teacher",
+                                "cm_s_sampling": "delta", "cm_delta": 0.05},
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v != "no-cm"]
+DEFAULT_VARIANTS = [v for v in VARIANTS if v != "no-cm" and not v.startswith("combo-")]
 
 
 def setup(args):
