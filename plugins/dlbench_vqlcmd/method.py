@@ -51,7 +51,7 @@ class VQLCMDConfig(ComponentConfig):
     # embedding table (§A.1)
     embedding: Literal["learnable", "codebook", "one-hot"] = "learnable"
     embed_dim: int = Field(16, ge=1, description="d for 'learnable' [recon: tiny 8-16]")
-    normalize_embeddings: bool = Field(False, description="rows at norm sqrt(d) (CDCD) [recon]")
+    normalize_embeddings: bool = Field(True, description="rows at norm sqrt(d) (CDCD, Plaid) [recon]")
     embed_lr_scale: float = Field(
         10.0, gt=0.0, description="learning rate of the table / the model's (Plaid, CDCD: ~10x) [recon]"
     )
@@ -68,7 +68,7 @@ class VQLCMDConfig(ComponentConfig):
     w_prior: float = Field(1.0, ge=0.0)
     w_cm: float = Field(1.0, ge=0.0)
     dm_objective: Literal["mse", "ce"] = Field(
-        "mse", description="L_DM: w(t) ||z0 - P E||^2 in embedding space, or CDCD's w(t) CE(P(x|z_t), x)"
+        "ce", description="L_DM: w(t) ||z0 - P E||^2 in embedding space, or CDCD's w(t) CE(P(x|z_t), x)"
     )
     dm_weighting: Literal["elbo", "sigmoid", "constant"] = Field(
         "constant", description="time weight w(t): VDM ELBO, sigmoid x ELBO (Kingma & Gao 2023), or 1"
@@ -434,8 +434,13 @@ class VQLCMD(Method):
 
 
 class CSDMConfig(VQLCMDConfig):
-    """Reconstruction + diffusion only, unshifted cosine, no dropping: the collapse-prone baseline."""
+    """Reconstruction + diffusion only, unshifted cosine, no dropping: the collapse-prone baseline.
 
+    Keeps the L2 score-matching objective on an unnormalised table (the setting in which the paper reports
+    collapse), whatever VQ-LCMD's own defaults are."""
+
+    normalize_embeddings: bool = False
+    dm_objective: Literal["mse", "ce"] = "mse"
     schedule: Literal["shifted-cosine", "cosine", "linear"] = "cosine"
     shift: float = 0.0
     w_prior: float = Field(0.0, ge=0.0)

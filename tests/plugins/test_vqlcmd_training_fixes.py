@@ -66,8 +66,10 @@ def _t_max_calibration(m: VQLCMD) -> tuple[float, float]:
     return ce, kl
 
 
-def test_default_cm_target_is_calibrated_and_noise_independent_at_t_max():
-    m = _train_on_marginal()
+@pytest.mark.parametrize("params", [{}, {"dm_objective": "mse", "normalize_embeddings": False}],
+                         ids=["defaults", "mse-objective"])
+def test_default_cm_target_is_calibrated_and_noise_independent_at_t_max(params):
+    m = _train_on_marginal(**params)
     assert m.config.cm_zs == "same-noise"
     ce, kl = _t_max_calibration(m)
     # at t_max the input carries ~no signal (alpha ~ 6e-4): the best prediction is the marginal, CE = H
@@ -79,7 +81,8 @@ def test_default_cm_target_is_calibrated_and_noise_independent_at_t_max():
 def test_the_old_ddim_self_distillation_target_fails_the_same_check():
     """The pre-fix default (DDIM step with the student's own x0 and s ~ U[t_min, t), sigmoid weight, full
     reconstruction batch) is over-confident and noise-dependent at t_max: the check above can fail."""
-    m = _train_on_marginal(cm_zs="ddim", dm_weighting="sigmoid", rec_fraction=1.0)
+    m = _train_on_marginal(cm_zs="ddim", dm_weighting="sigmoid", rec_fraction=1.0, dm_objective="mse",
+                           normalize_embeddings=False, embed_lr_scale=1.0)
     ce, kl = _t_max_calibration(m)
     assert ce > H_MARGINAL + 0.2 or kl > 0.1, (ce, kl)
 
@@ -152,7 +155,9 @@ def test_embedding_lr_multiplier_reaches_the_optimizer_through_the_training_loop
 
     def moved(scale: float) -> float:
         """Max |change| of the table after one AdamW step of the real loop: Adam's first step is ~lr per entry."""
-        m = _method(embed_lr_scale=scale, w_cm=0.0)
+        # mse: the table gets a direct gradient at step 0 (under "ce" it only gets one through the input, which
+        # is zero while the DiT head is still zero-initialised)
+        m = _method(embed_lr_scale=scale, w_cm=0.0, dm_objective="mse")
         before = m.embedding.table.detach().clone()
         cfg = TrainingConfig(steps=1, batch_size=8, lr=1e-3, warmup_steps=0, grad_clip=None, ema_decay=0.0)
         tokens, labels = _tokens(8), torch.zeros(8, dtype=torch.long)
