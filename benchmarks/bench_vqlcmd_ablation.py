@@ -327,6 +327,9 @@ def main(argv=None) -> int:
     ap.add_argument("--record", default=None, help="write the markdown report here")
     args = ap.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--json" in argv:  # a side log of this machine: not part of the recorded command
+        i = argv.index("--json")
+        argv = argv[:i] + argv[i + 2:]
     torch.set_num_threads(args.threads)
     start = time.time()
     env = setup(args)
