@@ -101,7 +101,7 @@ def _parse_kv(values: list[str] | None) -> list[str]:
 def run(
     method: str = typer.Argument(..., help="method name (see `dlbench list method`)"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="dataset name (default: the embedded Fashion-MNIST subset)"),
-    preset: str = typer.Option("default", "--preset", "-p", help="quick | default | paper"),
+    preset: str = typer.Option("default", "--preset", "-p", help="quick | default | benchmark | collapse | paper"),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer name"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="override: section.field=value (repeatable)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="config file (JSON/TOML/YAML)"),

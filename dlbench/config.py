@@ -3,7 +3,7 @@
 A run config is built in layers, later layers winning:
 
 1. the section defaults below;
-2. the base preset (:data:`BASE_PRESETS`: ``quick`` / ``default`` / ``paper``);
+2. the base preset (:data:`BASE_PRESETS`: ``quick`` / ``default`` / ``benchmark`` / ``collapse`` / ``paper``);
 3. the method's own preset overrides (``Method.presets[preset]``); for ``paper`` also the per-dataset
    published settings of :mod:`dlbench.paper_presets` (refused for a dataset without them);
 4. ``--config FILE`` (JSON, TOML or YAML);
@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dlbench.registry import DlbenchError, Registry
 
-PresetName = Literal["quick", "default", "paper"]
-PRESETS: tuple[str, ...] = ("quick", "default", "paper")
+PresetName = Literal["quick", "default", "benchmark", "collapse", "paper"]
+PRESETS: tuple[str, ...] = ("quick", "default", "benchmark", "collapse", "paper")
 
 
 class ConfigError(DlbenchError, ValueError):
@@ -168,6 +168,22 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
         "training": {"steps": 500, "batch_size": 64},
         "sampling": {"num_samples": 2000, "batch_size": 250, "steps": 25},
         "evaluation": {"protocol": "default"},
+    },
+    # a comparison sized for a 2-core CPU (< ~1 h per run): 6x the default's generator budget, 50 sampling
+    # steps. Methods that do more forward+backward passes per step than one get fewer steps (equal compute):
+    # see each method's presets["benchmark"].
+    "benchmark": {
+        "tokenizer": {"training": {"steps": 1500, "batch_size": 64}},
+        "training": {"steps": 3000, "batch_size": 64, "diagnostics_every": 250, "checkpoint_every": 1000},
+        "sampling": {"num_samples": 2000, "batch_size": 250, "steps": 50},
+        "evaluation": {"protocol": "default"},
+    },
+    # embedding-collapse study (csdm vs vqlcmd): long enough for the table to move, cheap evaluation
+    "collapse": {
+        "tokenizer": {"training": {"steps": 1500, "batch_size": 64}},
+        "training": {"steps": 1500, "batch_size": 64, "diagnostics_every": 100, "checkpoint_every": 500},
+        "sampling": {"num_samples": 500, "batch_size": 250, "steps": 25},
+        "evaluation": {"protocol": "quick"},
     },
     "paper": {
         "training": {"steps": 500_000, "batch_size": 256, "precision": "bf16"},

@@ -135,12 +135,26 @@ class _LossModule(nn.Module):
 
 
 def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices (not biases, norms, 1-D embeddings of scalars)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas))
+    """AdamW; weight decay only on matrices (not biases, norms, 1-D embeddings of scalars).
+
+    A model may define ``lr_scales() -> {parameter-name prefix: multiplier}`` (e.g. VQ-LCMD's embedding
+    table at 10x the network's rate): those parameters get their own group whose ``lr_scale`` the loop
+    multiplies into the (warmed-up) learning rate. Without it the groups are exactly [decay, no decay]."""
+    scales_fn = getattr(model, "lr_scales", None)
+    scales = dict(scales_fn()) if callable(scales_fn) else {}
+
+    def scale_of(name: str) -> float:
+        return next((float(v) for k, v in scales.items() if name == k or name.startswith(k + ".")), 1.0)
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    keys = sorted({scale_of(n) for n, _ in named} | {1.0}, key=lambda v: (v != 1.0, v))
+    groups = []
+    for scale in keys:  # scale 1 first: a model without lr_scales gets the same groups (and state) as before
+        mine = [(n, p) for n, p in named if scale_of(n) == scale]
+        groups += [{"params": [p for _, p in mine if p.ndim >= 2], "weight_decay": weight_decay, "lr_scale": scale},
+                   {"params": [p for _, p in mine if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    groups = [dict(g, lr=lr * g["lr_scale"]) for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
 def warmup_lr(base_lr: float, step: int, warmup_steps: int) -> float:
@@ -256,7 +270,7 @@ def train(
             batch = tuple(t.to(device, non_blocking=True) for t in batches.batch(step))
             lr = warmup_lr(config.lr, step, config.warmup_steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             optimizer.zero_grad(set_to_none=True)
             loss, terms = accumulate_backward(  # grad_accum micro-batches, one optimizer step
                 wrapped, batch, accum,

@@ -15,10 +15,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .weighting import diffusion_weight  # re-exported: the time weights live in weighting.py
+
 __all__ = [
     "consistency_divergence",
     "ddim_step",
     "diffusion_loss",
+    "denoising_ce",
     "diffusion_weight",
     "expected_embedding",
     "prior_kl",
@@ -48,37 +51,15 @@ def reconstruction_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits.flatten(0, -2).float(), tokens.flatten())
 
 
-def diffusion_weight(
-    logsnr: torch.Tensor,
-    dlogsnr: torch.Tensor,
-    weighting: Literal["elbo", "sigmoid", "constant"] = "elbo",
-    *,
-    sigmoid_bias: float = 0.0,
-    max_weight: float | None = None,
-) -> torch.Tensor:
-    """Per-sample weight ``w(t)`` of ``||z0 - z0_hat||^2`` (METHODS.md §A.2.2), ``"b" -> "b"``.
+def denoising_ce(logits: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """CDCD's diffusion objective: ``mean_{b, i} w_b (-log P(x_i | z_t; t))`` at every sampled ``t``.
 
-    - ``elbo``: the continuous-time VDM ELBO weight ``-lambda'(t) e^{lambda(t)} / 2`` (Kingma et al. 2021, Eq. 17
-      rewritten in x-space: ``||eps - eps_hat||^2 = e^lambda ||x - x_hat||^2``).
-    - ``sigmoid``: Kingma & Gao (2023) sigmoid weighting ``w(lambda) = sigmoid(b - lambda)`` of the ELBO,
-      ``-lambda'(t) e^lambda sigmoid(b - lambda) / 2``, whose ``e^lambda`` factor is bounded by ``e^b``.
-    - ``constant``: 1 (plain x0 mean-squared error).
-    ``max_weight`` additionally clamps the weight from above (bounded-weight option).
+    ``logits "b h w k"``, ``tokens "b h w"``, ``weight "b"`` (Dieleman et al. 2022, Sec. 3: score interpolation
+    trained by cross-entropy). The table gets gradients only through the input ``z_t``: unlike the L2 of
+    :func:`diffusion_loss` it puts no direct pressure on the scale of E.
     """
-    if weighting == "elbo":
-        w = -0.5 * dlogsnr * torch.exp(logsnr)
-    elif weighting == "sigmoid":
-        # e^lambda * sigmoid(b - lambda) = e^b * sigmoid(lambda - b): computed in the stable form
-        w = -0.5 * dlogsnr * torch.exp(torch.as_tensor(sigmoid_bias, dtype=logsnr.dtype)) * torch.sigmoid(
-            logsnr - sigmoid_bias
-        )
-    elif weighting == "constant":
-        w = torch.ones_like(logsnr)
-    else:
-        raise ValueError(f"unknown diffusion weighting {weighting!r}; use 'elbo', 'sigmoid' or 'constant'")
-    if max_weight is not None:
-        w = w.clamp(max=max_weight)
-    return w
+    ce = F.cross_entropy(logits.flatten(0, -2).float(), tokens.flatten(), reduction="none").view(tokens.shape)
+    return (_bcast(weight, ce) * ce).mean()
 
 
 def diffusion_loss(z0: torch.Tensor, z0_hat: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -26,16 +26,12 @@ from dlbench.nn.denoiser import build_denoiser, drop_labels
 from dlbench.registry import DlbenchError
 from dlbench.schedules.continuous import CONTINUOUS_SCHEDULES
 
-from .losses import (
-    ddim_step,
-    diffusion_loss,
-    diffusion_weight,
-    expected_embedding,
-    prior_kl,
-    reconstruction_ce,
-)
+from .losses import denoising_ce, diffusion_loss, expected_embedding, prior_kl, reconstruction_ce
+from .presets import forwards_per_step, method_presets
 from .regularizers import ConsistencyMatching, RandomDropping
 from .sampler import sample_ddim, sampling_times
+from .targets import cm_point, cm_time
+from .weighting import diffusion_weight
 
 __all__ = ["CSDM", "FixedEmbedding", "VQLCMD", "VQLCMDConfig", "VQLCMDNoDrop", "VQLCMDNoShift", "VQLCMDError"]
 
@@ -55,7 +51,10 @@ class VQLCMDConfig(ComponentConfig):
     # embedding table (§A.1)
     embedding: Literal["learnable", "codebook", "one-hot"] = "learnable"
     embed_dim: int = Field(16, ge=1, description="d for 'learnable' [recon: tiny 8-16]")
-    normalize_embeddings: bool = Field(False, description="rows at norm sqrt(d) (CDCD) [recon]")
+    normalize_embeddings: bool = Field(True, description="rows at norm sqrt(d) (CDCD, Plaid) [recon]")
+    embed_lr_scale: float = Field(
+        10.0, gt=0.0, description="learning rate of the table / the model's (Plaid, CDCD: ~10x) [recon]"
+    )
     embed_init_std: float = Field(1.0, gt=0.0)
     standardize_codebook: bool = Field(True, description="'codebook' only: zero mean, unit var per dim")
     # schedule (§A.1)
@@ -68,15 +67,18 @@ class VQLCMDConfig(ComponentConfig):
     w_dm: float = Field(1.0, ge=0.0)
     w_prior: float = Field(1.0, ge=0.0)
     w_cm: float = Field(1.0, ge=0.0)
+    dm_objective: Literal["mse", "ce"] = Field(
+        "ce", description="L_DM: w(t) ||z0 - P E||^2 in embedding space, or CDCD's w(t) CE(P(x|z_t), x)"
+    )
     dm_weighting: Literal["elbo", "sigmoid", "constant"] = Field(
-        "sigmoid", description="time weight of L_DM: VDM ELBO, bounded sigmoid (Kingma & Gao 2023), or 1"
+        "constant", description="time weight w(t): VDM ELBO, sigmoid x ELBO (Kingma & Gao 2023), or 1"
     )
     sigmoid_bias: float = Field(0.0, description="b of the sigmoid weighting")
     max_weight: float | None = Field(None, gt=0.0, description="clamp of the L_DM time weight (None = none)")
     # consistency matching (§A.2.4) [recon]
     cm_divergence: Literal["kl", "ce"] = "kl"
     cm_zs: Literal["ddim", "same-noise"] = Field(
-        "ddim", description="z_s: one stop-grad DDIM (PF-ODE) step from z_t, or CT-style alpha_s z0 + sigma_s eps"
+        "same-noise", description="z_s: CT-style alpha_s z0 + sigma_s eps, or one stop-grad DDIM step from z_t"
     )
     cm_step_model: Literal["student", "teacher"] = Field(
         "student", description="'ddim' z_s: x0_hat from the detached student logits at t (free) or a teacher pass"
@@ -85,6 +87,12 @@ class VQLCMDConfig(ComponentConfig):
     cm_delta: float = Field(0.1, gt=0.0, lt=1.0)
     teacher: Literal["ema", "stopgrad"] = Field("ema", description="EMA copy of denoiser+embedding, or sg(live)")
     ema_decay: float = Field(0.99, ge=0.0, lt=1.0, description="teacher EMA decay per on_step_end()")
+    # cost and self-conditioning
+    rec_fraction: float = Field(
+        0.125, gt=0.0, le=1.0, description="share of the batch that also gets the t_min reconstruction pass"
+    )
+    self_condition: bool = Field(False, description="CDCD/Plaid self-conditioning on a detached first x0_hat")
+    self_condition_rate: float = Field(0.5, ge=0.0, le=1.0, description="share of samples trained with it")
     # random dropping (§A.2.5) and CFG (§A.2.6)
     drop_rate: float = Field(0.2, ge=0.0, lt=1.0, description="m_RD [recon: 0.1-0.3]")
     drop_mode: Literal["learned", "noise"] = "learned"
@@ -105,10 +113,6 @@ class VQLCMDConfig(ComponentConfig):
         return self
 
 
-def _quick_backbone() -> dict[str, Any]:
-    return {"preset": "tiny", "params": {"width": 32, "depth": 1, "heads": 2}}
-
-
 # ---------------------------------------------------------------------------------------------
 # Method
 # ---------------------------------------------------------------------------------------------
@@ -119,50 +123,7 @@ class VQLCMD(Method):
 
     Config = VQLCMDConfig
     requires: ClassVar[MethodRequirements] = MethodRequirements(inputs="embeddings", conditioning="optional")
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": {
-            "method": {"params": {"embed_dim": 8, "sample_steps": 4}},
-            "backbone": _quick_backbone(),
-            "training": {"lr": 1e-3, "weight_decay": 0.0},
-            "sampling": {"steps": 4, "guidance": 1.0},
-            "evaluation": {"protocol": "quick"},
-        },
-        "default": {
-            # Fashion-MNIST 32x32 -> 8x8 tokens, K=256, tiny backbone; budget and NFE from the base preset
-            "method": {"params": {"embed_dim": 16, "sample_steps": 50}},
-            "backbone": {"preset": "tiny", "params": {}},
-            "training": {
-                "lr": 5e-4,
-                # why 0: weight decay on the table is itself a shrinkage (collapse) pressure
-                "weight_decay": 0.0,
-                "betas": [0.9, 0.99],
-                "warmup_steps": 100,
-                "grad_clip": 1.0,
-                "ema_decay": 0.999,
-                "precision": "fp32",
-            },
-            "sampling": {"guidance": 1.0},
-            "evaluation": {"protocol": "default"},
-        },
-        "paper": {
-            # [recon] ImageNet-256 class-conditional, 50 DDIM steps (paper abstract); sizes not retrieved
-            "method": {"params": {"embed_dim": 32, "sample_steps": 50}},
-            "backbone": {"preset": "base", "params": {}},
-            "training": {
-                "steps": 400_000,
-                "batch_size": 256,
-                "lr": 1e-4,
-                "weight_decay": 0.0,
-                "betas": [0.9, 0.99],
-                "warmup_steps": 5000,
-                "grad_clip": 1.0,
-                "ema_decay": 0.9999,
-                "precision": "bf16",
-            },
-            "sampling": {"num_samples": 50_000, "steps": 50, "guidance": 1.5},
-            "evaluation": {"protocol": "paper"},
-        },
-    }
+    presets: ClassVar[dict[str, dict[str, Any]]] = method_presets(VQLCMDConfig())
 
     def __init__(self, config: VQLCMDConfig | None = None, *, context: MethodContext):
         super().__init__()
@@ -178,7 +139,8 @@ class VQLCMD(Method):
             grid=self.grid,
             out_dim=self.codebook_size,
             input="embeddings",
-            in_dim=d,
+            # self-conditioning feeds [z_t, x0_hat_prev] ("b h w 2d"; CDCD Sec. 3.5, Plaid)
+            in_dim=2 * d if c.self_condition else d,
             num_classes=self.num_classes,
         )
         self.dropping = RandomDropping(RandomDropping.Config(rate=c.drop_rate, mode=c.drop_mode, dim=d))
@@ -224,9 +186,40 @@ class VQLCMD(Method):
 
     def _sample_s(self, t: torch.Tensor) -> torch.Tensor:
         c = self.config
-        if c.cm_s_sampling == "uniform":
-            return c.t_min + (t - c.t_min) * torch.rand_like(t)
-        return (t - c.cm_delta).clamp_min(c.t_min)
+        return cm_time(t, c.t_min, c.cm_s_sampling, c.cm_delta)
+
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter-name prefix, read by ``dlbench.train.loop.make_optimizer``
+        (one param group per multiplier): the table trains ``embed_lr_scale`` times faster than the network."""
+        return {"embedding": self.config.embed_lr_scale}
+
+    def denoise(
+        self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, x0_prev: torch.Tensor | None = None,
+        *, net: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """Logits ``"b h w k"`` of ``net`` (default: the live denoiser) at ``z "b h w d"``, ``t "b"``.
+
+        With ``self_condition`` the input is ``[z, x0_prev]`` on the last axis (``x0_prev`` = zeros when None,
+        i.e. "no previous estimate"); without it ``x0_prev`` is ignored. Every network call goes through here.
+        """
+        net = self.denoiser if net is None else net
+        if self.config.self_condition:
+            z = torch.cat([z, torch.zeros_like(z) if x0_prev is None else x0_prev.to(z.dtype)], dim=-1)
+        return net(z, t, y)
+
+    def _self_condition_input(self, z_t_in, t, y, table) -> torch.Tensor | None:
+        """Detached ``x0_hat`` from a no-grad first pass for a random ``self_condition_rate`` share of the batch
+        (zeros elsewhere), ``"b h w d"``; None when self-conditioning is off."""
+        c = self.config
+        if not c.self_condition:
+            return None
+        x0_prev = torch.zeros_like(z_t_in)
+        use = torch.rand(z_t_in.shape[0], device=z_t_in.device) < c.self_condition_rate
+        if bool(use.any()):
+            with torch.no_grad():
+                first = self.denoise(z_t_in[use], t[use], None if y is None else y[use])
+                x0_prev[use] = expected_embedding(first.float(), table.detach()).to(x0_prev.dtype)
+        return x0_prev
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``L = w_rec L_rec + w_dm L_DM + w_prior L_prior + w_cm L_CM`` (METHODS.md §A.2, training step)."""
@@ -244,21 +237,30 @@ class VQLCMD(Method):
         z_t = a_t[:, None, None, None] * z0 + s_t[:, None, None, None] * eps
         z_t_in, mask = self.dropping.drop(z_t)
 
-        t0 = torch.full_like(t, c.t_min)
+        # the t_min reconstruction term is near-trivial (~1e-3 nats): a rec_fraction share of the batch suffices
+        n_rec = max(1, round(b * c.rec_fraction))
+        rec = torch.randperm(b, device=dev)[:n_rec]  # a random subset: batches need not be shuffled
+        t0 = torch.full((n_rec,), c.t_min, device=dev, dtype=t.dtype)
         a_0, s_0 = sch.alpha_sigma(t0)
-        z_min = a_0[:, None, None, None] * z0 + s_0[:, None, None, None] * torch.randn_like(z0)
+        z_min = a_0[:, None, None, None] * z0[rec] + s_0[:, None, None, None] * torch.randn_like(z0[rec])
+        x0_prev = self._self_condition_input(z_t_in, t, y, table)
+        x0_prev_all = None if x0_prev is None else torch.cat([x0_prev, torch.zeros_like(z_min)])
 
         # one batched pass for the diffusion time t and the reconstruction time t_min
-        logits = self.denoiser(
-            torch.cat([z_t_in, z_min]), torch.cat([t, t0]), None if y is None else torch.cat([y, y])
+        logits = self.denoise(
+            torch.cat([z_t_in, z_min]), torch.cat([t, t0]), None if y is None else torch.cat([y, y[rec]]),
+            x0_prev_all,
         )
         logits_t, logits_0 = logits[:b], logits[b:]
 
-        l_rec = reconstruction_ce(logits_0, tokens)
+        l_rec = reconstruction_ce(logits_0, tokens[rec])
         w = diffusion_weight(
             sch.logsnr(t), sch.dlogsnr(t), c.dm_weighting, sigmoid_bias=c.sigmoid_bias, max_weight=c.max_weight
         )
-        l_dm = diffusion_loss(z0, expected_embedding(logits_t.float(), table), w)
+        if c.dm_objective == "ce":
+            l_dm = denoising_ce(logits_t, tokens, w)
+        else:
+            l_dm = diffusion_loss(z0, expected_embedding(logits_t.float(), table), w)
         a_1, s_1 = sch.alpha_sigma(torch.tensor(c.t_max, device=dev))
         l_prior = prior_kl(z0, a_1, s_1)
         total = c.w_rec * l_rec + c.w_dm * l_dm + c.w_prior * l_prior
@@ -279,23 +281,23 @@ class VQLCMD(Method):
         t_den, t_emb = self._teacher_parts()
         with torch.no_grad():
             a_s, s_s = sch.alpha_sigma(s)
-            if c.cm_zs == "same-noise":
-                z_s = a_s[:, None, None, None] * z0.detach() + s_s[:, None, None, None] * eps
-            else:
+            a_t, s_t = sch.alpha_sigma(t)
+            x0_hat = None
+            if c.cm_zs == "ddim":
                 if c.cm_step_model == "teacher":
-                    x0_hat = expected_embedding(t_den(z_t.detach(), t, y).float(), t_emb.weight())
+                    x0_hat = expected_embedding(self.denoise(z_t.detach(), t, y, net=t_den).float(), t_emb.weight())
                 else:
                     x0_hat = expected_embedding(logits_t.detach().float(), table.detach())
-                a_t, s_t = sch.alpha_sigma(t)
-                z_s = ddim_step(z_t.detach(), x0_hat, a_t, s_t, a_s, s_s)
-            teacher_logits = t_den(z_s, s, y)
+            z_s = cm_point(c.cm_zs, z0=z0.detach(), eps=eps, z_t=z_t, alpha_t=a_t, sigma_t=s_t, alpha_s=a_s,
+                           sigma_s=s_s, x0_hat=x0_hat)
+            # the teacher sees no self-conditioning input: its target is the plain posterior at s
+            teacher_logits = self.denoise(z_s, s, y, net=t_den)
         return self.cm(student_logits=logits_t, teacher_logits=teacher_logits)
 
     @property
     def forwards_per_step(self) -> float:
-        """Training cost per step in units of one forward+backward pass over the batch (for the
-        FLOPs column): the batched t / t_min pass is 2; a teacher forward without backward adds 1/3."""
-        return 2.0 + (1.0 / 3.0 if self.config.w_cm > 0 else 0.0)
+        """Forward+backward equivalents per training step of this config (:func:`forwards_per_step`)."""
+        return forwards_per_step(self.config)
 
     # -- sampling --------------------------------------------------------------------------------
     def nfe(self, steps: int | None = None, guidance: float = 1.0) -> int:
@@ -303,19 +305,29 @@ class VQLCMD(Method):
         return steps * (2 if (guidance != 1.0 and self.num_classes is not None) else 1)
 
     def _posterior(self, labels: torch.Tensor | None, guidance: float):
-        """``(z, t) -> logits`` with classifier-free guidance on logits ``l_null + w (l_y - l_null)`` (§A.3)."""
-        den = self.denoiser
+        """``(z, t) -> logits`` with classifier-free guidance on logits ``l_null + w (l_y - l_null)`` (§A.3).
 
-        def posterior(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            b = z.shape[0]
+        With self-conditioning the closure keeps the previous call's ``x0_hat = softmax(l) E`` and feeds it to
+        the next one (the sampler evaluates decreasing times in order), as CDCD/Plaid sample."""
+        state: dict[str, torch.Tensor | None] = {"x0": None}
+
+        def guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            b, prev = z.shape[0], state["x0"]
             if labels is None or self.num_classes is None:
-                return den(z, t, None)
+                return self.denoise(z, t, None, prev)
             null = torch.full_like(labels, self.num_classes)
             if guidance == 1.0:
-                return den(z, t, labels)
-            both = den(torch.cat([z, z]), torch.cat([t, t]), torch.cat([labels, null]))
+                return self.denoise(z, t, labels, prev)
+            prev2 = None if prev is None else torch.cat([prev, prev])
+            both = self.denoise(torch.cat([z, z]), torch.cat([t, t]), torch.cat([labels, null]), prev2)
             l_y, l_null = both[:b], both[b:]
             return l_null + guidance * (l_y - l_null)
+
+        def posterior(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            logits = guided(z, t)
+            if self.config.self_condition:
+                state["x0"] = expected_embedding(logits.float(), self.embedding.weight().float())
+            return logits
 
         return posterior
 
@@ -399,7 +411,7 @@ class VQLCMD(Method):
             for tv in ts:
                 t = torch.full((tokens.shape[0],), tv, device=dev)
                 a, s = self.schedule.alpha_sigma(t)
-                logits = self.denoiser(a[:, None, None, None] * z0 + s[:, None, None, None] * eps, t, y)
+                logits = self.denoise(a[:, None, None, None] * z0 + s[:, None, None, None] * eps, t, y)
                 ces.append(reconstruction_ce(logits, tokens).item())
                 accs.append((logits.argmax(-1) == tokens).float().mean().item())
         finally:
@@ -422,8 +434,13 @@ class VQLCMD(Method):
 
 
 class CSDMConfig(VQLCMDConfig):
-    """Reconstruction + diffusion only, unshifted cosine, no dropping: the collapse-prone baseline."""
+    """Reconstruction + diffusion only, unshifted cosine, no dropping: the collapse-prone baseline.
 
+    Keeps the L2 score-matching objective on an unnormalised table (the setting in which the paper reports
+    collapse), whatever VQ-LCMD's own defaults are."""
+
+    normalize_embeddings: bool = False
+    dm_objective: Literal["mse", "ce"] = "mse"
     schedule: Literal["shifted-cosine", "cosine", "linear"] = "cosine"
     shift: float = 0.0
     w_prior: float = Field(0.0, ge=0.0)
@@ -435,6 +452,7 @@ class CSDM(VQLCMD):
     """CSDM: continuous diffusion on learned embeddings, L_rec + L_DM only (collapse-prone baseline)."""
 
     Config = CSDMConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = method_presets(CSDMConfig())  # no teacher: more benchmark steps
 
 
 class NoDropConfig(VQLCMDConfig):

@@ -20,11 +20,14 @@ Posterior = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sampling_times(steps: int, t_min: float, t_max: float, *, device=None) -> torch.Tensor:
-    """``steps`` times evenly spaced from ``t_max`` down to ``t_min`` (both included), ``"steps"``."""
+    """``steps`` times evenly spaced from ``t_max`` down to ``t_min`` (both included), ``"steps"``.
+
+    One step is the single evaluation at ``t_max``: the start noise ``z ~ N(0, I)`` is a sample at ``t_max``,
+    so the network must see that time (at ``t_min`` it would read pure noise as a nearly clean latent)."""
     if steps < 1:
         raise ValueError(f"sampling steps must be >= 1, got {steps}")
     if steps == 1:
-        return torch.tensor([t_min], device=device)
+        return torch.tensor([t_max], device=device)
     return torch.linspace(t_max, t_min, steps, device=device)
 
 
@@ -42,7 +45,7 @@ def sample_ddim(
     """Deterministic DDIM over ``times`` (decreasing), then argmax tokens at the last time (METHODS.md §A.3).
 
     One network evaluation per entry of ``times``: at each ``t_i`` ``z0_hat = softmax(logits / T) @ E`` and a DDIM
-    step to ``t_{i+1}``; at the last time the tokens are ``argmax P(x | z_{t_min})``.
+    step to ``t_{i+1}``; at the last time (``t_min``, or ``t_max`` for one step) the tokens are the argmax.
     ``z "b h w d"`` (the start noise), ``table "k d"``. Returns ``(tokens "b h w", logits "b h w k")``.
     """
     b = z.shape[0]

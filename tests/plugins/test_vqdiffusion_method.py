@@ -55,7 +55,7 @@ def test_registers_through_the_plugin_hook_and_satisfies_the_interface():
     spec = reg.get("method", "vq-diffusion")
     assert spec.factory is VQDiffusion and spec.config is VQDiffusionConfig
     assert VQDiffusion.requires.inputs == "token_ids" and VQDiffusion.requires.conditioning == "optional"
-    assert set(VQDiffusion.presets) == {"quick", "default", "paper"}
+    assert set(VQDiffusion.presets) == {"quick", "default", "benchmark", "paper"}
     for preset in VQDiffusion.presets.values():  # every preset's method params validate
         VQDiffusionConfig.model_validate(preset.get("method", {}).get("params", {}))
     paper = VQDiffusion.presets["paper"]
@@ -132,7 +132,7 @@ def test_bad_inputs_raise_actionable_errors(trained):
         build(num_classes=None).loss(torch.zeros(2, *GRID, dtype=torch.long), torch.zeros(2, dtype=torch.long))
 
 
-@pytest.mark.parametrize("preset", ["quick", "default", "paper"])
+@pytest.mark.parametrize("preset", ["quick", "default", "benchmark", "paper"])
 def test_presets_resolve_through_the_run_config(preset):
     from dlbench.config import build_config
     from dlbench.plugins import get_registry
