@@ -34,7 +34,6 @@ tokenizer already trained there under the same key is reused, not retrained.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -54,10 +53,6 @@ COMMAND = "python scripts/build_shipped_artifacts.py"
 METHOD = "vqlcmd"  # the README's main job; the tokenizer key is the same for every built-in method but regvq
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def built_with() -> dict:
     import torch
     import torch_fidelity
@@ -66,21 +61,11 @@ def built_with() -> dict:
     from _machine import cpu_name
 
     return {"torch": torch.__version__, "torch_fidelity": torch_fidelity.__version__,
-            "python": platform.python_version(), "cpu": cpu_name(), "threads": torch.get_num_threads()}
-
-
-def write_artifact(out: Path, name: str, data: bytes) -> dict:
-    (out / name).write_bytes(data)
-    return {"file": name, "sha256": sha256_bytes(data), "size": len(data)}
-
-
-def safetensors_bytes(state: dict) -> bytes:
-    from safetensors.torch import save
-
-    return save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()})
+            "python": platform.python_version(), "cpu": cpu_name()}
 
 
 def build_tokenizer(cfg, dataset, out: Path) -> dict:
+    from dlbench.shipped import safetensors_bytes, write_artifact
     from dlbench.train.dist import init_distributed
     from dlbench.train.pipeline import get_tokenizer, tokenizer_key_inputs
 
@@ -96,23 +81,24 @@ def build_tokenizer(cfg, dataset, out: Path) -> dict:
 
 def build_domain_classifier(dataset, out: Path) -> dict:
     from dlbench.eval.domain import DomainClassifierConfig, classifier_key, train_domain_classifier
+    from dlbench.shipped import safetensors_bytes, write_artifact
 
     config = DomainClassifierConfig()
     fp = dataset.fingerprint("train")
-    t0 = time.perf_counter()
-    # exactly the call dlbench.eval.api makes for the domain metrics
+    # exactly the call dlbench.eval.api makes for the domain metrics (a classifier already in the build's
+    # cache is loaded, with the info of its training)
     model, info = train_domain_classifier(
         dataset.split("train"), dataset.split("test"), fingerprint=fp, channels=dataset.channels,
         num_classes=dataset.num_classes, config=config,
     )
-    seconds = time.perf_counter() - t0
+    seconds = info["train_seconds"]
     key = classifier_key(fp, dataset.channels, dataset.num_classes, config)
     assert key == info["key"]
     entry = {"kind": "domain-classifier", "key": key,
              "config": {"fingerprint": fp, "channels": dataset.channels, "classes": dataset.num_classes,
                         "config": config.model_dump()},
              **write_artifact(out, f"domain-classifier-{key}.safetensors", safetensors_bytes(model.state_dict())),
-             "info": {k: v for k, v in info.items() if k != "path"}, "build_seconds": round(seconds, 1)}
+             "info": {k: v for k, v in info.items() if k != "path"}}
     print(f"domain classifier {key}: {entry['size'] / 1e6:.2f} MB, test accuracy {info['test_accuracy']:.4f}, "
           f"{seconds:.0f} s", flush=True)
     return entry
@@ -127,6 +113,7 @@ def build_reference_features(cfg, dataset, out: Path) -> dict:
     from dlbench.eval.backends import Uint8ImageDataset
     from dlbench.eval.inception import resolve_inception_weights
     from dlbench.eval.protocol import resolve_protocol
+    from dlbench.shipped import write_artifact
 
     protocol = bind_reference(resolve_protocol(cfg.evaluation.protocol, **cfg.evaluation.overrides), dataset)
     if protocol.backend != "torch-fidelity" or not protocol.inception_metrics:
@@ -179,29 +166,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from dlbench.config import build_config
         from dlbench.plugins import get_registry
+        from dlbench.shipped import write_manifest
 
         registry = get_registry()
         cfg = build_config(METHOD, registry=registry, preset="default", device="cpu")
         dataset = registry.get("dataset", cfg.dataset.name).build(cfg.dataset.params)
         manifest_path = out / "manifest.json"
-        old = json.loads(manifest_path.read_text())["artifacts"] if manifest_path.is_file() else []
         wanted = args.only or list(kinds)
-        entries = [e for e in old if e["kind"] not in wanted]
         common = {"command": COMMAND + "".join(f" --only {k}" for k in (args.only or ())), "built_with": built_with()}
-        if "tokenizer" in wanted:
-            entries.append({**build_tokenizer(cfg, dataset, out), **common})
-        if "domain-classifier" in wanted:
-            entries.append({**build_domain_classifier(dataset, out), **common})
-        if "reference-features" in wanted:
-            entries.append({**build_reference_features(cfg, dataset, out), **common})
-        entries.sort(key=lambda e: kinds.index(e["kind"]))
+        builders = {"tokenizer": lambda: build_tokenizer(cfg, dataset, out),
+                    "domain-classifier": lambda: build_domain_classifier(dataset, out),
+                    "reference-features": lambda: build_reference_features(cfg, dataset, out)}
+        for kind in kinds:
+            if kind not in wanted:
+                continue
+            entry = {**builders[kind](), **common}
+            # the manifest is re-read and written after each artefact: builds of other kinds may run beside
+            # this one, and an interrupted build keeps what it finished
+            old = json.loads(manifest_path.read_text())["artifacts"] if manifest_path.is_file() else []
+            entries = sorted([e for e in old if e["kind"] != kind] + [entry], key=lambda e: kinds.index(e["kind"]))
+            write_manifest(out, entries, dataset=cfg.dataset.name, preset="default", method=METHOD)
         keep = {e["file"] for e in entries} | {"manifest.json", "__init__.py"}
-        for f in out.iterdir():  # artefacts no manifest entry names any more
-            if f.is_file() and f.name not in keep and f.suffix in (".safetensors", ".npz"):
+        for f in out.iterdir():  # older artefacts of the kinds rebuilt here, which no entry names any more
+            if f.is_file() and f.name not in keep and any(f.name.startswith(f"{k}-") for k in wanted):
                 f.unlink()
-        manifest = {"format": 1, "dataset": cfg.dataset.name, "preset": "default", "method": METHOD,
-                    "artifacts": entries}
-        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         total = sum(e["size"] for e in entries)
         print(f"wrote {manifest_path} ({len(entries)} artefacts, {total / 1e6:.2f} MB)")
     finally:

@@ -53,6 +53,9 @@ __all__ = [
     "install_domain_classifier",
     "install_reference_features",
     "torch_fidelity_feature_file",
+    "safetensors_bytes",
+    "write_artifact",
+    "write_manifest",
 ]
 
 SHIPPED_DIR = Path(__file__).resolve().parent
@@ -119,6 +122,36 @@ def verified_path(entry: dict[str, Any], directory: str | os.PathLike | None = N
             f"shipped {entry['kind']} {path} fails its check (sha256 {digest[:12]}..., {size} bytes; manifest says "
             f"{entry['sha256'][:12]}..., {entry['size']} bytes); {hint}"
         )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# build side (scripts/build_shipped_artifacts.py, and tests that ship a small artefact of their own)
+# ---------------------------------------------------------------------------------------------
+
+
+def safetensors_bytes(state: dict) -> bytes:
+    """A state_dict as safetensors bytes (tensors made contiguous and unshared)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()})
+
+
+def write_artifact(directory: str | os.PathLike, name: str, data: bytes) -> dict[str, Any]:
+    """Write ``data`` as ``directory/name``; returns the manifest fields ``file``, ``sha256``, ``size``."""
+    (Path(directory) / name).write_bytes(data)
+    return {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def write_manifest(directory: str | os.PathLike, artifacts: list[dict[str, Any]], **fields: Any) -> Path:
+    """Write ``manifest.json`` listing ``artifacts`` (each with kind, key, file, sha256, size, ...)."""
+    for entry in artifacts:
+        missing = {"kind", "key", "file", "sha256", "size"} - set(entry)
+        if missing or entry["kind"] not in KINDS:
+            raise ShippedArtifactError(f"manifest entry {entry.get('file')}: missing {sorted(missing)} or bad kind")
+    path = Path(directory) / MANIFEST_NAME
+    data = {"format": MANIFEST_FORMAT, **fields, "artifacts": artifacts}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
 
