@@ -94,6 +94,28 @@ def test_reference_features_key_is_todays_default_protocol():
     assert entry["shape"] == [protocol.num_reference, 2048]
 
 
+@pytest.mark.weights
+def test_reference_features_are_those_of_the_reference_images():
+    """The first 8 shipped rows against torch-fidelity's extractor run here on the same images (other
+    CPUs, batch sizes and thread counts move float32 features by ~1e-5, not more)."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    from dlbench.eval.backends import Uint8ImageDataset
+    from dlbench.eval.inception import resolve_inception_weights
+
+    _, ds = _default()
+    entry = _entry("reference-features")
+    with np.load(shipped.verified_path(entry), allow_pickle=False) as z:
+        want = torch.from_numpy(z["features"][:8])
+    ref = Uint8ImageDataset(ds.split(entry["config"]["reference_split"]), 8)
+    fe = create_feature_extractor("inception-v3-compat", ["2048"], cuda=False, verbose=False,
+                                  feature_extractor_weights_path=str(resolve_inception_weights().path))
+    with torch.no_grad():
+        got = fe(torch.stack([ref[i] for i in range(8)]))[0]
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), (got - want).abs().max()
+
+
 def test_package_data_ships_every_manifest_file():
     """A non-editable install must carry the files (setuptools package-data)."""
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dlbench.shipped"]
