@@ -83,8 +83,17 @@ class TokenizerRef(ComponentRef):
     seed: int = Field(0, ge=0, description="tokenizer training seed (kept apart from the run seed)")
     training: TrainingConfig = Field(
         default_factory=lambda: TrainingConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100,
-                                               ema_decay=0.0, grad_clip=None)
+                                               ema_decay=0.0, grad_clip=None, precision="fp32")
     )
+
+    @field_validator("training", mode="before")
+    @classmethod
+    def _fp32_unless_asked(cls, v: Any) -> Any:
+        # tokenizers train in fp32 unless a config says otherwise: the tokenizer's key (and the tokenizer
+        # shipped under it, dlbench.shipped) must not follow the precision generator training defaults to
+        if isinstance(v, dict) and "precision" not in v:
+            return {**v, "precision": "fp32"}
+        return v
 
 
 class DatasetRef(ComponentRef):

@@ -12,10 +12,11 @@ import torch
 
 from dlbench.eval.backends import Uint8ImageDataset, compute_backend_metrics, to_uint8_rgb
 from dlbench.eval.domain import DomainClassifierConfig, domain_metrics, stack_split, train_domain_classifier
-from dlbench.eval.inception import resolve_inception_weights
+from dlbench.eval.inception import cache_dir, resolve_inception_weights
 from dlbench.eval.protocol import EvalProtocol, ProtocolError
 from dlbench.eval.tokenizer_metrics import TokenizerMetricsAccumulator
 from dlbench.interfaces import ImageDataset, Tokenizer
+from dlbench.shipped import install_reference_features
 
 __all__ = ["evaluate_samples", "evaluate_tokenizer", "bind_reference", "quantize_uint8"]
 
@@ -67,7 +68,8 @@ def _domain(
     ref_imgs, _ = stack_split(reference.split(protocol.reference_split), protocol.num_reference)
     metrics = domain_metrics(model, images, ref_imgs, labels)
     unavailable = {} if labels is not None else {"domain_class_acc": "unconditional samples (no labels)"}
-    details = {"domain_classifier_key": info["key"], "domain_classifier_test_accuracy": info["test_accuracy"]}
+    details = {"domain_classifier_key": info["key"], "domain_classifier_test_accuracy": info["test_accuracy"],
+               "domain_classifier_source": info.get("source", "trained")}
     return metrics, unavailable, details
 
 
@@ -110,9 +112,12 @@ def evaluate_samples(
         weights = resolve_inception_weights()
         details.update(inception_weights_source=weights.source, inception_weights_path=str(weights.path))
         ref = Uint8ImageDataset(reference.split(protocol.reference_split), protocol.num_reference)
+        cache_name = f"dlbench-ref-{protocol.reference_key()}"
+        if protocol.backend == "torch-fidelity":  # shipped features of this exact reference key, if any
+            install_reference_features(protocol.reference_key(), cache_dir() / "torch-fidelity", cache_name)
         m, u = compute_backend_metrics(
             to_uint8_rgb(images), ref, protocol, weights,
-            reference_cache_name=f"dlbench-ref-{protocol.reference_key()}", device=device, batch_size=batch_size,
+            reference_cache_name=cache_name, device=device, batch_size=batch_size,
         )
         metrics.update(m)
         unavailable.update(u)

@@ -6,7 +6,8 @@ their shard of the sample indices; rank 0 alone writes files and logs.
 
 Tokenizers are trained once per ``hash(dataset train fingerprint, tokenizer name + params, tokenizer
 training config, seed)`` and stored under ``$DLBENCH_CACHE/tokenizers/<hash>/`` together with the
-tokenized splits (DESIGN.md § Component kinds, Tokenizer).
+tokenized splits (DESIGN.md § Component kinds, Tokenizer). On a cache miss, a tokenizer shipped with the
+package under the same key (:mod:`dlbench.shipped`, sha256-checked) is installed there instead of training.
 """
 
 from __future__ import annotations
@@ -95,7 +96,12 @@ def _events(run_dir: RunDir | None, ctx: DistContext):
 
 def tokenizer_key(cfg: Any, dataset: ImageDataset) -> str:
     """Cache key of a trained tokenizer (see module docstring)."""
-    return _digest({
+    return _digest(tokenizer_key_inputs(cfg, dataset))
+
+
+def tokenizer_key_inputs(cfg: Any, dataset: ImageDataset) -> dict[str, Any]:
+    """What :func:`tokenizer_key` hashes (recorded next to shipped tokenizers)."""
+    return {
         "version": TOKENIZER_CACHE_VERSION,
         "dataset": cfg.dataset.name,
         "train_fingerprint": dataset.fingerprint("train"),
@@ -105,7 +111,7 @@ def tokenizer_key(cfg: Any, dataset: ImageDataset) -> str:
         "params": cfg.tokenizer.params,
         "training": cfg.tokenizer.training.model_dump(mode="json"),
         "seed": cfg.tokenizer.seed,
-    })
+    }
 
 
 def build_tokenizer(cfg: Any, dataset: ImageDataset) -> Tokenizer:
@@ -128,10 +134,15 @@ def get_tokenizer(
     emit = _events(run_dir, ctx)
     torch.manual_seed(cfg.tokenizer.seed)
     tokenizer = build_tokenizer(cfg, dataset)
+    action = "reused cached"
+    if not weights.is_file():
+        from dlbench.shipped import install_tokenizer
+
+        if install_tokenizer(key, folder) is not None:  # a sha256-checked shipped copy of this exact key
+            action = "installed shipped"
     if weights.is_file():
         tokenizer.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         info = read_json(folder / "info.json", {}) or {}
-        action = "reused cached"
     elif getattr(tokenizer, "pretrained", False):  # imported weights (e.g. tokenizer/vqgan checkpoint=...)
         info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
                 "imported": getattr(tokenizer, "imported", None), "training": None}
@@ -378,7 +389,8 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
         "status": "ok",
         "training": result.record(),
         "engine": _engine_record(result.precision, ctx),
-        "tokenizer": {"key": key, "name": cfg.tokenizer.name, "training": tok_info.get("training")},
+        "tokenizer": {"key": key, "name": cfg.tokenizer.name, "training": tok_info.get("training"),
+                      "source": tok_info.get("source", "trained")},
         "sampling": {"num_samples": s.num_samples, "steps": s.steps, "guidance": s.guidance,
                      "nfe_per_sample": _nfe(method, s), "seed": s.seed},
         "seeds": {"train": cfg.seed, "sample": s.seed, "tokenizer": cfg.tokenizer.seed},
