@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from dlbench.config import ConfigError, RunConfig, build_config, config_diff, load_config_file, resolve_config
 from dlbench.plugins import get_registry
+from dlbench.registry import DlbenchError
 from dlbench.runs import RunDir, collect_meta, utcnow
 
 
@@ -28,7 +30,7 @@ def resolve(
     method: str,
     *,
     dataset: str | None = None,
-    preset: str = "default",
+    preset: str | None = "default",
     tokenizer: str | None = None,
     config_file: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -39,7 +41,7 @@ def resolve(
     """The fully resolved run config for these arguments (nothing is trained). ``loggers`` are added
     to the config's own (``dlbench run --logger NAME``)."""
     cfg = build_config(
-        method, registry=get_registry(), preset=preset, dataset=dataset, tokenizer=tokenizer,
+        method, registry=get_registry(), preset=preset or "default", dataset=dataset, tokenizer=tokenizer,
         config_file=config_file, overrides=list(overrides), seed=seed, device=device,
     )
     return _add_loggers(cfg, loggers)
@@ -74,11 +76,87 @@ def _shared_run_dir(make) -> RunDir:
     return RunDir(box[0])
 
 
+class RunInterrupted(DlbenchError):
+    """Ctrl-C / SIGINT during a run: exit code 130, checkpoints kept, the message says how to resume."""
+
+    exit_code = 130
+
+
+class RunFailed(DlbenchError):
+    """The run ended without a result (e.g. diverged training); exit code 1, metrics.json says why."""
+
+    exit_code = 1
+
+
+def resume_config(
+    run_dir: RunDir,
+    *,
+    method: str | None = None,
+    dataset: str | None = None,
+    preset: str | None = None,
+    tokenizer: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    seed: int | None = None,
+    device: str | None = None,
+) -> RunConfig:
+    """The config a resumed run continues with: the run's own saved ``config.json``, with the options
+    given alongside ``--resume`` applied as overrides. Only budgets and logging cadence
+    (:data:`~dlbench.train.loop.RESUMABLE_FIELDS`) and the device may differ from the saved config;
+    any other difference is refused, naming the fields."""
+    from dlbench.config import apply_set, check_section_shapes, deep_merge
+    from dlbench.safeload import read_json_file
+    from dlbench.train.loop import RESUMABLE_FIELDS
+
+    path = run_dir.file("config.json")
+    saved = read_json_file(path, what="run config")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: run config is not a JSON object; the run directory is damaged")
+    check_section_shapes(saved, str(path))
+    data = dict(saved)
+    asked: dict[str, Any] = {}
+    if method is not None:
+        asked["method.name"] = get_registry().get("method", method).name
+    if dataset is not None:
+        asked["dataset.name"] = dataset
+    if tokenizer is not None:
+        asked["tokenizer.name"] = tokenizer
+    if preset is not None:
+        asked["preset"] = preset
+    for key, value in asked.items():
+        sec, _, leaf = key.rpartition(".")
+        have = (data.get(sec) or {}).get(leaf) if sec else data.get(leaf)
+        if have != value:
+            raise ConfigError(
+                f"cannot resume {run_dir.path}: it was run with {key} = {have!r}, not {value!r}; drop that option "
+                "(--resume continues the run's own config) or start a new run"
+            )
+    if config_file is not None:
+        data = deep_merge(data, load_config_file(config_file))
+    if seed is not None:
+        data["seed"] = seed
+    if device is not None:
+        data["device"] = device
+    for assignment in overrides:
+        data = apply_set(data, assignment)
+    config = resolve_config(data, get_registry())
+    try:
+        reference = resolve_config(saved, get_registry()).to_dict()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: the saved run config no longer validates ({exc})") from None
+    diff = {k: v for k, v in config_diff(reference, config.to_dict()).items()
+            if k != "device" and not any(k == f or k.startswith(f + ".") for f in RESUMABLE_FIELDS)}
+    if diff:
+        fields = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise ConfigError(f"cannot resume {run_dir.path} with a different config: {fields}")
+    return config
+
+
 def run(
-    method: str,
+    method: str | None = None,
     *,
     dataset: str | None = None,
-    preset: str = "default",
+    preset: str | None = None,
     tokenizer: str | None = None,
     config_file: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -91,32 +169,35 @@ def run(
 ) -> RunResult:
     """Train ``method`` and evaluate it; returns the run directory, resolved config and metrics.
 
-    With ``resume`` the given run directory is continued from its latest checkpoint; the config
-    built from these arguments must equal the saved one (device aside), else the differing fields
-    are named and nothing is touched. ``loggers`` (e.g. ``["tensorboard"]``) receive every event of
-    the run besides events.jsonl (:mod:`dlbench.observe.loggers`).
+    With ``resume`` the given run directory is continued from its latest intact checkpoint under its
+    own saved config (:func:`resume_config`; the other arguments are overrides). Every check that can
+    run before training (:func:`dlbench.preflight.preflight`) runs before a run directory is created.
+    ``loggers`` (e.g. ``["tensorboard"]``) receive every event of the run besides events.jsonl
+    (:mod:`dlbench.observe.loggers`); a resumed run keeps the loggers it started with.
     """
-    registry = get_registry()
-    if config is None:
-        config = resolve(method, dataset=dataset, preset=preset, tokenizer=tokenizer, config_file=config_file,
-                         overrides=overrides, seed=seed, device=device, loggers=loggers)
-    else:
-        config = _add_loggers(resolve_config(config, registry), loggers)
-    rank, world = _dist_info()
+    from dlbench.preflight import preflight
 
+    registry = get_registry()
+    rank, world = _dist_info()
     if resume is not None:
         run_dir = RunDir.open(resume)
-        saved = load_config_file(run_dir.file("config.json"))
-        from dlbench.train.loop import RESUMABLE_FIELDS
-
-        # budgets and logging cadence may change (train longer); anything else would mix two experiments
-        diff = {k: v for k, v in config_diff(saved, config.to_dict()).items() if k not in RESUMABLE_FIELDS}
-        if diff:
-            fields = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
-            raise ConfigError(f"cannot resume {run_dir.path} with a different config: {fields}")
-        # a resumed run keeps the loggers it started with
-        config = _add_loggers(config, [r["name"] if isinstance(r, dict) else r for r in saved.get("loggers", [])])
+        if config is None:
+            config = resume_config(run_dir, method=method, dataset=dataset, preset=preset, tokenizer=tokenizer,
+                                   config_file=config_file, overrides=overrides, seed=seed, device=device)
+        else:
+            config = resolve_config(config, registry)
+        config = _add_loggers(config, loggers)  # the saved config already carries the run's own loggers
+        preflight(config)
     else:
+        if config is None:
+            if method is None:
+                raise ConfigError("name a method (see `dlbench list method`), or pass --resume RUN_DIR")
+            config = resolve(method, dataset=dataset, preset=preset or "default", tokenizer=tokenizer,
+                             config_file=config_file, overrides=overrides, seed=seed, device=device,
+                             loggers=loggers)
+        else:
+            config = _add_loggers(resolve_config(config, registry), loggers)
+        preflight(config, out=out)
         run_dir = _shared_run_dir(
             lambda: RunDir.create(out, config.method.name, config.dataset.name, config.hash())
         )
@@ -136,20 +217,40 @@ def run(
                             precision=config.training.precision)
         meta["world_size"] = world
         if resume is not None:
-            previous = run_dir.read_json("meta.json", {}) or {}
+            from dlbench.safeload import CorruptFileError
+
+            try:
+                previous = run_dir.read_json("meta.json", {}) or {}
+            except CorruptFileError as exc:  # provenance of the first part is lost; say so, keep the bytes
+                aside = run_dir.file(f"meta.json.corrupt-{int(time.time())}")
+                os.replace(run_dir.file("meta.json"), aside)
+                previous = {"error": f"{exc}; moved to {aside.name}"}
             meta["resumed_from"] = previous
         run_dir.write_json("meta.json", meta)
         run_dir.event("run_start", resume=resume is not None, argv=sys.argv)
+        registry.used.clear()
+        for kind in ("method", "tokenizer", "dataset"):
+            registry.get(kind, getattr(config, kind).name)
         try:
             metrics = pipeline.execute(config, run_dir, resume=resume is not None)
         except KeyboardInterrupt:
             run_dir.event("run_end", status="interrupted")
-            raise
+            raise RunInterrupted(
+                f"interrupted; finished checkpoints are kept in {run_dir.path}; resume with "
+                f"`dlbench run --resume {run_dir.path}`"
+            ) from None
         except BaseException as exc:
             run_dir.event("run_end", status="error", reason=f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            run_dir.update_json("meta.json", finished=utcnow())
+            try:
+                from dlbench.plugins import component_provenance
+
+                # which distribution (and version) provided every component this run looked up
+                run_dir.update_json("meta.json", finished=utcnow(),
+                                    components=component_provenance(registry.used.values()))
+            except DlbenchError:
+                pass  # a damaged meta.json must not hide the run's own outcome
         run_dir.event("run_end", status=(metrics or {}).get("status", "ok"))
     return RunResult(run_dir, config, metrics)
 

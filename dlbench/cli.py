@@ -99,20 +99,21 @@ def _parse_kv(values: list[str] | None) -> list[str]:
 
 @app.command()
 def run(
-    method: str = typer.Argument(..., help="method name (see `dlbench list method`)"),
+    method: Optional[str] = typer.Argument(None, help="method name (see `dlbench list method`); optional with --resume"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="dataset name (default: the embedded Fashion-MNIST subset)"),
-    preset: str = typer.Option("default", "--preset", "-p", help="quick | default | benchmark | collapse | paper"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="quick | default | benchmark | collapse | paper (default: default)"),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer name"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="override: section.field=value (repeatable)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="config file (JSON/TOML/YAML)"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o", help="root directory of run directories"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**63 - 1),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (training)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where the dataset's files are"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip (and count) unreadable images instead of failing"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this run directory"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved config and exit"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this run directory (its own "
+                                          "saved config; options given here are checked overrides)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="run every pre-flight check, print the resolved config and exit"),
     logger: Optional[List[str]] = typer.Option(None, "--logger", help="also send the run's events to this logger, "
                                                "e.g. tensorboard (repeatable; see `dlbench list logger`)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or progress lines"),
@@ -134,10 +135,22 @@ def run(
         overrides.append(f"dataset.data_dir={data_dir}")
     if skip_bad:
         overrides.append("dataset.skip_bad=true")
+    if method is None and resume is None:
+        raise typer.BadParameter("name a METHOD (see `dlbench list method`), or pass --resume RUN_DIR",
+                                 param_hint="'METHOD'")
     _registry()  # surface plugin warnings once
-    if dry_run:
-        cfg = api.resolve(method, dataset=dataset, preset=preset, tokenizer=tokenizer, config_file=config,
-                          overrides=overrides, seed=seed, device=device, loggers=logger or ())
+    if dry_run:  # the same resolution and pre-flight as `run`: --dry-run refuses what run would refuse
+        from dlbench.preflight import preflight
+        from dlbench.runs import RunDir
+
+        if resume is not None:
+            cfg = api.resume_config(RunDir.open(resume), method=method, dataset=dataset, preset=preset,
+                                    tokenizer=tokenizer, config_file=config, overrides=overrides, seed=seed,
+                                    device=device)
+        else:
+            cfg = api.resolve(method, dataset=dataset, preset=preset, tokenizer=tokenizer, config_file=config,
+                              overrides=overrides, seed=seed, device=device, loggers=logger or ())
+        preflight(cfg, out=None if resume is not None else out_dir)
         out.print_json(json.dumps(cfg.to_dict()))
         from dlbench.plan import describe
 
@@ -148,6 +161,10 @@ def run(
                      loggers=logger or ())
     if result is not None and result.rank == 0:  # under torchrun the other ranks stay quiet
         _print_result(result)
+    status = (result.metrics or {}).get("status", "ok") if result is not None else "ok"
+    if status != "ok":  # the reason was printed by the pipeline; the exit code must say it too
+        raise api.RunFailed(f"run failed ({(result.metrics or {}).get('reason', status)}); "
+                            f"see {result.run_dir.path}/metrics.json")
 
 
 @app.command()
@@ -200,10 +217,10 @@ def eval_cmd(
 @app.command()
 def sample(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    n: int = typer.Option(64, "--n", help="number of samples"),
-    steps: Optional[int] = typer.Option(None, "--steps"),
-    guidance: Optional[float] = typer.Option(None, "--guidance"),
-    seed: int = typer.Option(0, "--seed"),
+    n: int = typer.Option(64, "--n", min=1, help="number of samples"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1),
+    guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1),
     output: Optional[Path] = typer.Option(None, "--output", help="PNG path (default RUN/samples-<n>-<seed>.png)"),
 ) -> None:
     """Draw samples from a trained run and write a PNG grid (+ npz)."""
@@ -219,7 +236,7 @@ def compare(
     runs: Optional[List[Path]] = typer.Option(None, "--runs", help="compare existing run directories instead"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d"),
     preset: str = typer.Option("default", "--preset", "-p"),
-    seeds: int = typer.Option(1, "--seeds", help="training seeds per method"),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="training seeds per method"),
     budget: Optional[str] = typer.Option(None, "--budget", help="steps=N | images=N | minutes=M"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o"),
@@ -302,27 +319,69 @@ def _install_plugin_commands() -> None:
         console.print(f"[yellow]warning:[/] plugin commands unavailable: {exc}")
 
 
+INTERRUPTED = "interrupted; finished checkpoints are kept (resume with `dlbench run --resume RUN_DIR`)"
+
+
+def _click_exception_types() -> tuple[type[BaseException], ...]:
+    """ClickException of typer's vendored click *and* of an installed click (plugins may use either)."""
+    types: list[type[BaseException]] = []
+    for mod in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            types.append(__import__(mod, fromlist=["ClickException"]).ClickException)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def _abort_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [typer.Abort]
+    try:
+        import click
+
+        types.append(click.exceptions.Abort)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the Typer app, turning user errors into one line + exit 2."""
+    """Entry point: run the Typer app with honest exit codes and no traceback for a user mistake.
+
+    0 success; 1 a failed run; 2 a user error (bad option, bad config, damaged file: one line naming
+    it; usage errors also print the usage); 130 interrupted (Ctrl-C / SIGINT), with the resume hint.
+    ``DLBENCH_TRACEBACK=1`` re-raises instead, for debugging.
+    """
+    click_errors = _click_exception_types()
     try:
         _install_plugin_commands()
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except DlbenchError as exc:
         if os.environ.get("DLBENCH_TRACEBACK"):
             raise
-        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        code = getattr(exc, "exit_code", 2)
+        prefix = "" if code == 130 else "[red]error:[/] "
+        from rich.markup import escape  # a message may contain "[...]" (paths, errno): never markup
+
+        console.print(f"{prefix}{escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(code)
+    except click_errors as exc:  # usage errors: usage + one "Error:" line, exit 2
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(exc, "exit_code", 2))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        console.print("aborted")
+    except _abort_types():
+        console.print(INTERRUPTED, highlight=False, soft_wrap=True)
         sys.exit(130)
     except KeyboardInterrupt:
-        console.print("interrupted; finished checkpoints are kept (resume with --resume RUN_DIR)")
+        console.print(INTERRUPTED, highlight=False, soft_wrap=True)
         sys.exit(130)
-    except __import__("click").ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        sys.exit(1)
+    # standalone_mode=False: typer turns Ctrl-C into Exit(130) and *returns* the code
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
+        if rc == 130:
+            console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

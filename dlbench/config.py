@@ -31,6 +31,8 @@ from dlbench.registry import DlbenchError, Registry
 
 PresetName = Literal["quick", "default", "benchmark", "collapse", "paper"]
 PRESETS: tuple[str, ...] = ("quick", "default", "benchmark", "collapse", "paper")
+#: seeds are 64-bit generator states (torch.manual_seed, splitmix64 derivations add small offsets)
+MAX_SEED = 2**63 - 1
 
 
 class ConfigError(DlbenchError, ValueError):
@@ -38,7 +40,8 @@ class ConfigError(DlbenchError, ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN/inf are refused in every float field (lr=inf passes gt=0 and diverges at the first step)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ComponentRef(Section):
@@ -80,7 +83,7 @@ class TokenizerRef(ComponentRef):
     generator's seed share one trained tokenizer (same harness across a multi-seed comparison)."""
 
     name: str = "vqvae"
-    seed: int = Field(0, ge=0, description="tokenizer training seed (kept apart from the run seed)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="tokenizer training seed (kept apart from the run seed)")
     training: TrainingConfig = Field(
         default_factory=lambda: TrainingConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100,
                                                ema_decay=0.0, grad_clip=None, precision="fp32")
@@ -117,7 +120,7 @@ class SamplingConfig(Section):
     steps: int | None = Field(None, gt=0, description="sampling steps (method default when unset)")
     guidance: float = Field(1.0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific sampler options")
-    seed: int = Field(0, ge=0, description="sampling seed, kept apart from the training seed (run.seed); "
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="sampling seed, kept apart from the training seed (run.seed); "
                       "sample i uses dlbench.seeding.sample_seeds(seed, i)")
 
 
@@ -138,7 +141,7 @@ class RunConfig(Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     preset: str = "default"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     loggers: list[ComponentRef] = Field(
         default_factory=list, description="run loggers besides events.jsonl, e.g. ['tensorboard'] "
@@ -270,8 +273,13 @@ def apply_set(data: dict[str, Any], assignment: str) -> dict[str, Any]:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    text = path.read_text()
+        raise ConfigError(f"--config {path}: no such file" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config {path}: not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read ({exc.strerror or exc})") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -285,7 +293,22 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: cannot parse ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping at the top level")
+    check_section_shapes(data, f"--config {path}")
     return data
+
+
+def check_section_shapes(data: dict[str, Any], source: str) -> None:
+    """Sections must be mappings (``{"method": "vqlcmd"}`` is a common slip for ``{"method": {"name": ...}}``)."""
+    for key, value in data.items():
+        field = RunConfig.model_fields.get(key)
+        kind = getattr(field, "annotation", None) if field is not None else None
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and not isinstance(value, dict):
+            example = '{"name": ' + json.dumps(value) + "}" if key in COMPONENT_SECTIONS and isinstance(value, str) \
+                else "{...}"
+            raise ConfigError(
+                f"{source}: section {key!r} must be a mapping, got {type(value).__name__} {value!r}; "
+                f"write \"{key}\": {example}"
+            )
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
@@ -421,7 +444,16 @@ def check_compatibility(cfg: RunConfig, registry: Registry) -> None:
 
 def load_run_config(path: str | Path, registry: Registry) -> RunConfig:
     """Load a saved ``config.json`` and re-validate it against the installed components."""
-    return resolve_config(load_config_file(path), registry)
+    from dlbench.safeload import read_json_file
+
+    data = read_json_file(path, what="run config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: run config is {'missing' if data is None else 'not a JSON object'}")
+    check_section_shapes(data, str(path))
+    try:
+        return resolve_config(data, registry)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:

@@ -27,7 +27,8 @@ from torch import nn
 class ComponentConfig(BaseModel):
     """Base of every component config: unknown fields are errors, never silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+    # NaN/inf are never a meaningful setting (lr=inf "validates" with gt=0, then diverges at step 1)
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True, allow_inf_nan=False)
 
 
 class EmptyConfig(ComponentConfig):

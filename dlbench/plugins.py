@@ -22,9 +22,11 @@ from typing import Any
 import pluggy
 
 from dlbench import hookspecs
-from dlbench.registry import DlbenchError, Registry
+from dlbench.registry import DlbenchError, DuplicateComponentError, Registry
 
 ENTRY_POINT_GROUP = "dlbench"
+#: the distribution whose entry points are the built-ins: they load first and keep their names
+BUILTIN_DISTRIBUTION = "dlbench"
 
 #: hook name -> registry kind
 REGISTER_HOOKS: dict[str, str] = {
@@ -81,21 +83,39 @@ class PluginManager:
 
     # -- loading ---------------------------------------------------------------------------
     def load_entrypoints(self) -> None:
+        """Load every entry point of the group: the built-in distribution's first (so a third-party
+        plugin can never take a built-in's plugin or component name), then the others by name."""
         allow, block = _env_list("DLBENCH_LOAD_PLUGINS"), _env_list("DLBENCH_DISABLE_PLUGINS") or set()
-        seen: set[str] = set()
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if ep.name in seen:  # the same distribution visible twice on sys.path
-                continue
-            seen.add(ep.name)
-            if (allow is not None and ep.name not in allow) or ep.name in block:
-                continue
+        seen: dict[str, str | None] = {}
+
+        def dist_name(ep: Any) -> str | None:
+            dist = getattr(ep, "dist", None)
+            return dist.metadata["Name"] if dist is not None else None
+
+        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP),
+                     key=lambda e: (dist_name(e) != BUILTIN_DISTRIBUTION, e.name))
+        for ep in eps:
             dist = getattr(ep, "dist", None)
             info = PluginInfo(
                 ep.name,
-                distribution=dist.metadata["Name"] if dist is not None else None,
+                distribution=dist_name(ep),
                 version=dist.version if dist is not None else None,
                 module=ep.value,
             )
+            if ep.name in seen:
+                if seen[ep.name] == info.distribution:  # the same distribution visible twice on sys.path
+                    continue
+                first = self.plugins.get(ep.name)
+                clash = PluginInfo(f"{ep.name}@{info.distribution}", info.distribution, info.version, ep.value)
+                self._fail(clash, PluginLoadError(
+                    f"entry point {ep.name!r} of distribution {info.distribution or '?'} {info.version or ''} clashes "
+                    f"with plugin {ep.name!r} of distribution {seen[ep.name] or '?'} "
+                    f"{(first.version if first else '') or ''}; it was not loaded (rename the entry point)"
+                ))
+                continue
+            seen[ep.name] = info.distribution
+            if (allow is not None and ep.name not in allow) or ep.name in block:
+                continue
             try:
                 obj = ep.load()
             except Exception as exc:  # noqa: BLE001 - isolation is the point
@@ -136,9 +156,17 @@ class PluginManager:
 
     def _register_callback(self, kind: str, plugin: str, info: PluginInfo):
         def register(name: str, factory: Any, *, config: Any = None, description: str = "", **extras: Any):
-            spec = self.registry.add(
-                kind, name, factory, config=config, description=description, plugin=plugin, **extras
-            )
+            try:
+                spec = self.registry.add(
+                    kind, name, factory, config=config, description=description, plugin=plugin, **extras
+                )
+            except DuplicateComponentError as exc:
+                owner = self.registry.get(kind, name)
+                other = self.plugins.get(owner.plugin)
+                raise PluginLoadError(
+                    f"{exc}; distributions: {_dist_label(other)} (plugin {owner.plugin!r}, keeps the name) and "
+                    f"{_dist_label(info)} (plugin {plugin!r}, not loaded)"
+                ) from None
             info.components.append(spec.canonical)
             return spec
 
@@ -158,6 +186,24 @@ class PluginManager:
     @property
     def errors(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if not p.ok]
+
+
+def _dist_label(info: PluginInfo | None) -> str:
+    if info is None or not info.distribution:
+        return "?"
+    return f"{info.distribution} {info.version}" if info.version else info.distribution
+
+
+def component_provenance(specs: Any) -> dict[str, dict[str, Any]]:
+    """``{"kind/name": {"plugin", "distribution", "version"}}`` of registered components (the run's
+    provenance in meta.json and the compare table)."""
+    manager = get_manager()
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        info = manager.plugins.get(spec.plugin)
+        out[spec.canonical] = {"plugin": spec.plugin, "distribution": info.distribution if info else None,
+                               "version": info.version if info else None}
+    return dict(sorted(out.items()))
 
 
 _MANAGER: PluginManager | None = None

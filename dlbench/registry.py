@@ -7,12 +7,16 @@ the ``register_*`` hooks (see :mod:`dlbench.hookspecs`); nobody writes to them d
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pydantic import BaseModel
 
 from dlbench.interfaces import KINDS, ComponentConfig, EmptyConfig
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 class DlbenchError(Exception):
@@ -95,6 +99,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._specs: dict[str, dict[str, ComponentSpec]] = {k: {} for k in KINDS}
+        #: every component looked up since the last clear (a run's provenance lists them)
+        self.used: dict[str, ComponentSpec] = {}
 
     def add(
         self,
@@ -109,8 +115,12 @@ class Registry:
     ) -> ComponentSpec:
         if kind not in self._specs:
             raise UnknownComponentError("kind", kind, list(self._specs))
-        if "/" in name or not name:
-            raise InterfaceError(f"bad {kind} name {name!r}: use a non-empty name without '/'")
+        if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name in {".", ".."}:
+            # names become directory names (runs/<method>/<dataset>/...): one safe path segment each
+            raise InterfaceError(
+                f"bad {kind} name {name!r}: use letters, digits, '.', '_', '+' and '-', starting with a letter or "
+                "digit (it is used as a directory name)"
+            )
         check_interface(kind, factory)
         if config is None:
             config = getattr(factory, "Config", None) or EmptyConfig
@@ -143,9 +153,11 @@ class Registry:
             if prefix == kind:
                 name = rest
         try:
-            return self._specs[kind][name]
+            spec = self._specs[kind][name]
         except KeyError:
             raise UnknownComponentError(kind, name, list(self._specs[kind])) from None
+        self.used[spec.canonical] = spec
+        return spec
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._specs[kind])

@@ -41,22 +41,28 @@ class RunDirError(DlbenchError):
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either the old or the new file, never a torn one."""
+    """Write ``data`` to ``path`` so readers see either the old or the new file, never a torn one.
+
+    The temporary file is named ``.<name>.<pid>.<random>.tmp`` so that one left by a killed process
+    can be recognised and removed later (:func:`dlbench.fsutil.clean_stale_temps`)."""
+    from dlbench.fsutil import disk_errors, temp_prefix
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -74,10 +80,10 @@ def _json_default(obj: Any) -> Any:
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
-    path = Path(path)
-    if not path.exists():
-        return default
-    return json.loads(path.read_text())
+    """Parsed JSON, ``default`` when missing; a torn/corrupt file is a one-line error naming it."""
+    from dlbench.safeload import read_json_file
+
+    return read_json_file(path, what=Path(path).name, default=default)
 
 
 def utcnow() -> str:
@@ -182,7 +188,7 @@ class RunDir:
         if not path.exists():
             return []
         out = []
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             if not line.strip():
                 continue
             try:
@@ -216,6 +222,9 @@ class RunDir:
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self._locked = True
+            from dlbench.fsutil import clean_stale_temps
+
+            clean_stale_temps(self.path, self.checkpoints)  # left by a killed writer of this run
             return
         raise RunLockedError(f"could not lock {self.path}")
 

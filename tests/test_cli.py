@@ -62,10 +62,18 @@ def test_dry_run_prints_resolved_config_and_round_trips(tmp_path):
     path.write_text(r.stdout)
     again = dlbench("run", "vqlcmd", "--preset", "quick", "--config", str(path), "--dry-run")
     assert json.loads(again.stdout) == cfg
+    from PIL import Image
+
+    for i in range(2):  # --dry-run runs the pre-flight: the data must exist (ffhq has no test split to evaluate on)
+        Image.new("RGB", (32, 32)).save(tmp_path / f"{i}.png")
     files = dlbench("run", "vqlcmd", "--preset", "quick", "--dataset", "ffhq", "--data-dir", str(tmp_path),
-                    "--skip-bad", "--dry-run")
+                    "--skip-bad", "--set", "dataset.resolution=32", "--set", "evaluation.enabled=false", "--dry-run")
+    assert files.returncode == 0, files.stderr
     params = json.loads(files.stdout)["dataset"]["params"]
     assert params["data_dir"] == str(tmp_path) and params["skip_bad"] is True
+    refused = dlbench("run", "vqlcmd", "--preset", "quick", "--dataset", "ffhq", "--data-dir", str(tmp_path / "none"),
+                      "--dry-run")  # what `run` would refuse, --dry-run refuses
+    assert refused.returncode == 2 and "dataset 'ffhq' not found" in refused.stderr
 
 
 def test_missing_dataset_is_actionable(tmp_path):

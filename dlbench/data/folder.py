@@ -32,9 +32,30 @@ def is_image_name(name: str) -> bool:
 
 
 def iter_image_files(root: Path):
-    """Relative POSIX paths of image files under ``root`` (hidden files and folders skipped)."""
+    """Relative POSIX paths of image files under ``root`` (hidden files and folders skipped).
+
+    Symlinked folders are followed once: a folder reached again (a symlink cycle, or a second link to
+    the same data) is skipped, so the scan ends and no image is counted twice."""
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            try:
+                sub = os.stat(os.path.join(dirpath, d))
+            except OSError:
+                continue  # a dangling link
+            if (sub.st_dev, sub.st_ino) not in seen:
+                kept.append(d)
+        dirnames[:] = kept
         rel = Path(dirpath).relative_to(root)
         for f in sorted(filenames):
             if is_image_name(f):

@@ -178,8 +178,12 @@ def torch_fidelity_metrics(
     if reference_cache_name is not None:
         kwargs["input2_cache_name"] = reference_cache_name
     # torch-fidelity prints progress to stderr even when quiet; keep the runner's stdout pipeable
+    # torch-fidelity loads its feature cache and the weights with weights_only=False; every load it
+    # makes here is forced through dlbench's weights-only loader, so a planted pickle cannot run
+    from dlbench.safeload import forced_weights_only
+
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stderr(io.StringIO()), forced_weights_only("torch-fidelity cache or weights file"):
             raw = torch_fidelity.calculate_metrics(**kwargs)
     finally:
         gen.bar.close()
@@ -261,7 +265,11 @@ def clean_fid_metrics(
     fn = clean_fid_extractor(weights, device)
     cache_file = cache_dir() / "clean-fid" / f"{reference_cache_name}.npz" if reference_cache_name else None
     if cache_file is not None and cache_file.is_file():
-        ref_feats = np.load(cache_file)["feats"]
+        from dlbench.safeload import CorruptFileError, np_load
+
+        ref_feats = np_load(cache_file, what="clean-fid reference features").get("feats")
+        if ref_feats is None or ref_feats.ndim != 2:
+            raise CorruptFileError(f"{cache_file}: clean-fid reference features lack a 2-d 'feats' array; delete it")
     else:
         ref_feats = _clean_features(ref, fn, batch_size, device, "inception_features/reference")
         if cache_file is not None:

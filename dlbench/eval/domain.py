@@ -192,7 +192,11 @@ def train_domain_classifier(
 
 
 def load_domain_classifier(path: str | os.PathLike) -> tuple[DomainCNN, dict]:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    from dlbench.safeload import CorruptFileError, torch_load
+
+    blob = torch_load(path, what="domain classifier")
+    if not isinstance(blob, dict) or not isinstance(blob.get("info"), dict) or "state_dict" not in blob:
+        raise CorruptFileError(f"{path}: domain classifier file lacks 'info'/'state_dict'; delete it to retrain")
     info = dict(blob["info"])
     cfg = DomainClassifierConfig(**info["config"])
     model = DomainCNN(info["channels"], info["num_classes"], cfg.width, cfg.feature_dim)

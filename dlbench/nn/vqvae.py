@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
+from pydantic import Field
 from torch import nn
 
 from dlbench.interfaces import ComponentConfig, Tokenizer
@@ -41,17 +42,17 @@ class TokenizerConfigError(DlbenchError, ValueError):
 class VQVAEConfig(ComponentConfig):
     """Options of the conv VQ autoencoder (defaults: f4 on 32x32 -> 8x8 tokens, K=256, d=32)."""
 
-    downsample: int = 4
-    channels: int = 32
-    res_blocks: int = 1
-    codebook_size: int = 256
-    code_dim: int = 32
+    downsample: int = Field(4, ge=1)
+    channels: int = Field(32, ge=1)
+    res_blocks: int = Field(1, ge=0)
+    codebook_size: int = Field(256, ge=2, description="codes in the codebook (one code carries no information)")
+    code_dim: int = Field(32, ge=1)
     quantizer: Literal["straight-through", "ema"] = "straight-through"
-    beta: float = 0.25
-    ema_decay: float = 0.99
-    ema_eps: float = 1e-5
-    restart_every: int = 250
-    restart_threshold: float = 1.0
+    beta: float = Field(0.25, ge=0)
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    ema_eps: float = Field(1e-5, gt=0)
+    restart_every: int = Field(250, ge=1)
+    restart_threshold: float = Field(1.0, ge=0)
     recon_loss: Literal["l1", "mse"] = "mse"
 
 

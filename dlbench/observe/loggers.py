@@ -52,11 +52,23 @@ class JsonlLogger(RunLogger):
                  resume: bool = False):
         self.path = Path(run_dir) / "events.jsonl"
 
+    #: the run directory's own record, not a tracker: its failure (e.g. disk full) fails the run
+    essential = True
+
     def log(self, event: dict[str, Any]) -> None:
         # one write per line in append mode: a crash leaves at most a torn last line, which readers skip
+        import os
+
+        from dlbench.fsutil import disk_errors
+
         line = json.dumps(event, default=_json_default, sort_keys=True) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
+        with disk_errors(self.path), open(self.path, "a+b") as fh:
+            # a line torn by a crash has no newline: end it first, or this event would be glued to it
+            if fh.tell() > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line
+            fh.write(line.encode("utf-8"))
 
     def close(self) -> None:
         pass
@@ -218,6 +230,8 @@ class LoggerSet:
             try:
                 logger.log(event)
             except Exception as exc:  # noqa: BLE001 - a tracker never fails the run
+                if getattr(logger, "essential", False):
+                    raise  # the run's own events.jsonl: disk full etc. must stop the run and say where
                 self.active = [(n, lg) for n, lg in self.active if n != name]
                 failures.append((name, exc))
         # reported after this event reached everyone else, so every logger sees the events in one order

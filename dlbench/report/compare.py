@@ -209,7 +209,10 @@ def summarise(records: Sequence[RunRecord], order: Sequence[str] | None = None,
         for m, vals in s.per_seed.items():
             if m in base.per_seed:
                 s.diffs[m] = diff_ci(vals, base.per_seed[m])
-    return Comparison(protocol_hash, summaries, metric_names, unavailable)
+    from dlbench.report.integrity import integrity_notes
+
+    return Comparison(protocol_hash, summaries, metric_names, unavailable,
+                      notes=integrity_notes(summaries, metric_names))
 
 
 def _compute_columns(runs: Sequence[RunRecord]) -> dict[str, Any]:
@@ -269,6 +272,7 @@ def rows(cmp: Comparison) -> list[dict[str, Any]]:
             row[f"{m}_ci_low"] = iv.low if iv and iv.n > 1 else None
             row[f"{m}_ci_high"] = iv.high if iv and iv.n > 1 else None
             row[f"{m}_per_seed"] = s.per_seed.get(m)
+            row[f"{m}_n"] = len(s.per_seed.get(m) or [])  # finite values only: may be < n_seeds
             d = s.diffs.get(m)
             if d is not None:
                 row[f"{m}_diff_vs_{cmp.baseline.label}"] = d.mean
@@ -290,7 +294,9 @@ def _table_cells(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
     for s in cmp.summaries:
         name = s.label + (" †" if s.mismatch else "")
         cells = [name, str(len(s.runs))]
-        cells += [s.metrics[m].format() if m in s.metrics else "–" for m in cmp.metric_names]
+        # a metric finite in fewer runs than the seeds column counts says so: "(n=k)"
+        cells += [(s.metrics[m].format() + (f" (n={len(s.per_seed[m])})" if len(s.per_seed[m]) < len(s.runs) else ""))
+                  if m in s.metrics else "–" for m in cmp.metric_names]
         cells += [_num(s.compute.get(k)) for k, _ in COMPUTE_COLS]
         body.append(cells)
     return header, body
@@ -387,6 +393,9 @@ def budget_overrides(budget: str | None) -> list[str]:
         num = float(value)
     except ValueError:
         raise ConfigError(f"--budget {budget!r}: expected steps=N, images=N or minutes=M") from None
+    if not math.isfinite(num) or num <= 0 or (key in ("steps", "images") and num != int(num)):
+        raise ConfigError(f"--budget {budget!r}: the budget must be a finite positive number"
+                          + (" (a whole number of steps/images)" if key in ("steps", "images") else ""))
     if key == "steps":
         return [f"training.steps={int(num)}"]
     if key == "images":
@@ -400,8 +409,11 @@ def find_reusable(out: Path, config_hash: str, method: str, dataset: str) -> Pat
     """A finished run (metrics.json status ok) whose resolved config hash equals ``config_hash``."""
     base = Path(out) / method / dataset
     for rd in sorted(find_runs(base), key=lambda r: r.path.name, reverse=True):
-        cfg = rd.read_json("config.json")
-        metrics = rd.read_json("metrics.json")
+        try:
+            cfg = rd.read_json("config.json")
+            metrics = rd.read_json("metrics.json")
+        except DlbenchError:  # a damaged run is not reusable (and is never modified here)
+            continue
         if not cfg or not metrics or metrics.get("status", "ok") != "ok":
             continue
         from dlbench.config import RunConfig
@@ -441,6 +453,9 @@ def compare(
             raise ConfigError("give either METHOD… or --runs DIR…, not both")
         for p in runs:
             records.append(RunRecord.load(p))
+        from dlbench.report.integrity import check_distinct_runs
+
+        check_distinct_runs(records)
         order = list(dict.fromkeys(r.label for r in records))
     else:
         if not methods:
@@ -453,6 +468,10 @@ def compare(
             for seed in range(seeds):
                 cfg = api.resolve(m, dataset=dataset, preset=preset, overrides=extra, seed=seed)
                 plans.append(cfg)  # resolve everything first: a typo fails before any training
+        from dlbench.preflight import preflight
+
+        for cfg in plans:  # the same pre-flight as `dlbench run`, for every planned run, before any training
+            preflight(cfg, out=out)
         order = list(dict.fromkeys(c.method.name for c in plans))
         for cfg in plans:
             found = find_reusable(Path(out), cfg.hash(), cfg.method.name, cfg.dataset.name)
@@ -478,7 +497,11 @@ def compare(
 
 
 def load_records(paths: Sequence[str | Path]) -> list[RunRecord]:
-    return [RunRecord.load(p) for p in paths]
+    from dlbench.report.integrity import check_distinct_runs
+
+    records = [RunRecord.load(p) for p in paths]
+    check_distinct_runs(records)
+    return records
 
 
 __all__ = ["compare", "summarise", "render", "rows", "RunRecord", "Comparison", "check_protocols",

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlbench.fsutil import disk_errors, temp_prefix
 from dlbench.registry import DlbenchError
 
 
@@ -46,12 +47,9 @@ class ResumeConfigMismatch(CheckpointError):
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    from dlbench.runs import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,13 +100,14 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     final = directory / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=directory))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(name), dir=directory))  # pid in the name: see fsutil
     try:
-        torch.save(model, tmp / "model.pt")
-        torch.save(optimizer, tmp / "optimizer.pt")
-        if ema is not None:
-            torch.save(ema, tmp / "ema.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, sort_keys=True))
+        with disk_errors(tmp / "model.pt"):
+            torch.save(model, tmp / "model.pt")
+            torch.save(optimizer, tmp / "optimizer.pt")
+            if ema is not None:
+                torch.save(ema, tmp / "ema.pt")
+            (tmp / "state.json").write_text(json.dumps({**state, "step": step}, sort_keys=True))
         if final.exists():  # re-saving the same step (e.g. final == periodic): replace
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -128,13 +127,43 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     pointer = directory / "latest.json"
     if pointer.is_file():
         try:
-            path = directory / json.loads(pointer.read_text())["path"]
-            if (path / "state.json").is_file():
+            name = json.loads(pointer.read_text(encoding="utf-8"))["path"]
+            path = directory / name
+            if isinstance(name, str) and path.parent == directory and (path / "state.json").is_file():
                 return path
-        except (json.JSONDecodeError, KeyError):
-            pass
-    complete = sorted(p for p in directory.glob("step-*") if (p / "state.json").is_file())
-    return complete[-1] if complete else None
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, OSError):
+            pass  # a torn pointer: fall back to scanning
+    complete = checkpoint_candidates(directory)
+    return complete[0] if complete else None
+
+
+def checkpoint_candidates(directory: str | Path) -> list[Path]:
+    """Complete-looking checkpoints (a ``state.json`` present), newest first."""
+    directory = Path(directory)
+    return sorted((p for p in directory.glob("step-*") if (p / "state.json").is_file()), reverse=True)
+
+
+def load_latest_intact(directory: str | Path, map_location: str | torch.device = "cpu",
+                       warn=None) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads completely: ``latest.json``'s target first, then older ones.
+
+    A truncated/zero-byte/corrupt file skips that checkpoint (``warn(message)`` is told which file);
+    None when there is no checkpoint at all; :class:`CheckpointError` naming every damaged file when
+    checkpoints exist but none is intact."""
+    directory = Path(directory)
+    first = latest_checkpoint(directory)
+    order = ([first] if first is not None else []) + [p for p in checkpoint_candidates(directory) if p != first]
+    problems: list[str] = []
+    for path in order:
+        try:
+            return path, load_checkpoint(path, map_location=map_location)
+        except DlbenchError as exc:
+            problems.append(str(exc))
+            if warn is not None:
+                warn(f"skipping damaged checkpoint: {exc}")
+    if problems:
+        raise CheckpointError(f"no intact checkpoint in {directory}: " + " | ".join(problems))
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -143,13 +172,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not (path / "state.json").is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no state.json)")
 
-    def load(name: str) -> Any:
-        f = path / name
-        return torch.load(f, map_location=map_location, weights_only=True) if f.is_file() else None
+    from dlbench.safeload import read_json_file, torch_load
 
+    def load(name: str, required: bool = False) -> Any:
+        f = path / name
+        if not f.is_file():
+            if required:
+                raise CheckpointError(f"{f}: missing from the checkpoint")
+            return None
+        return torch_load(f, what="checkpoint file", map_location=map_location)
+
+    state = read_json_file(path / "state.json", what="checkpoint state")
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path / 'state.json'}: checkpoint state has no integer 'step'; the file is damaged")
     return {
-        "model": load("model.pt"),
+        "model": load("model.pt", required=True),
         "optimizer": load("optimizer.pt"),
         "ema": load("ema.pt"),
-        "state": json.loads((path / "state.json").read_text()),
+        "state": state,
     }

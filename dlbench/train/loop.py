@@ -30,7 +30,7 @@ from dlbench.train.checkpoint import (
     ResumeConfigMismatch,
     capture_rng,
     latest_checkpoint,
-    load_checkpoint,
+    load_latest_intact,
     restore_rng,
     save_checkpoint,
 )
@@ -200,8 +200,12 @@ def train(
 
     step, images_seen, elapsed_before, resumed_from = 0, 0, 0.0, None
     torch.manual_seed(derive_seed(seed, ctx.rank))  # rank 0 keeps `seed`: 1 process == rank 0 of N
-    if resume and ckpt_dir is not None and (path := latest_checkpoint(ckpt_dir)) is not None:
-        ck = load_checkpoint(path, map_location=device)
+    found = None
+    if resume and ckpt_dir is not None:  # a damaged newest checkpoint falls back to an older intact one
+        found = load_latest_intact(ckpt_dir, map_location=device,
+                                   warn=lambda m: emit("warning", stage=stage, message=m) if ctx.is_main else None)
+    if found is not None:
+        path, ck = found
         st = ck["state"]
         from dlbench.config import config_diff
 

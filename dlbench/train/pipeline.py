@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,6 @@ from dlbench.interfaces import ImageDataset, Method, MethodContext, Tokenizer
 from dlbench.registry import DlbenchError
 from dlbench.runs import RunDir, atomic_write_bytes, atomic_write_json, read_json
 from dlbench.seeding import sample_seeds, shard_indices
-from dlbench.train.checkpoint import latest_checkpoint, load_checkpoint
 from dlbench.train.dist import DistContext, gather_by_index, init_distributed
 from dlbench.train.loop import TensorBatches, TrainingDiverged, train
 
@@ -134,6 +135,8 @@ def get_tokenizer(
     emit = _events(run_dir, ctx)
     torch.manual_seed(cfg.tokenizer.seed)
     tokenizer = build_tokenizer(cfg, dataset)
+    from dlbench.safeload import torch_load
+
     action = "reused cached"
     if not weights.is_file():
         from dlbench.shipped import install_tokenizer
@@ -141,7 +144,7 @@ def get_tokenizer(
         if install_tokenizer(key, folder) is not None:  # a sha256-checked shipped copy of this exact key
             action = "installed shipped"
     if weights.is_file():
-        tokenizer.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        tokenizer.load_state_dict(torch_load(weights, what="cached tokenizer weights"))
         info = read_json(folder / "info.json", {}) or {}
     elif getattr(tokenizer, "pretrained", False):  # imported weights (e.g. tokenizer/vqgan checkpoint=...)
         info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
@@ -204,9 +207,28 @@ def tokenize_split(
     :class:`~dlbench.data.token_cache.TokenArray`: indexing it returns long tensors, rows are read on demand."""
     from dlbench.data.token_cache import extract_tokens
 
-    return extract_tokens(tokenizer.encode, dataset.split(split), cache_root() / "tokenizers" / key, split,
-                          dataset.fingerprint(split), codebook_size=tokenizer.codebook_size, ctx=ctx,
-                          device=ctx.device, batch_size=batch_size)
+    split_ds = dataset.split(split)
+    tokens, labels = extract_tokens(tokenizer.encode, split_ds, cache_root() / "tokenizers" / key, split,
+                                    dataset.fingerprint(split), codebook_size=tokenizer.codebook_size, ctx=ctx,
+                                    device=ctx.device, batch_size=batch_size)
+    # the cache holds only the readable images: the difference is what --skip-bad skipped (also on reuse)
+    note_skipped(dataset, split, max(len(split_ds) - len(labels), 0))
+    return tokens, labels
+
+
+def note_skipped(dataset: ImageDataset, split: str, n: int) -> None:
+    """Remember how many unreadable images of ``split`` were skipped (also when its tokens came from the
+    cache, where the images are not read again)."""
+    counts = dataset.__dict__.setdefault("_dlbench_skipped", {})
+    counts[split] = max(n, counts.get(split, 0))
+
+
+def skipped_report(dataset: ImageDataset) -> dict[str, int]:
+    """``{split: unreadable images skipped}`` over the splits this process used (``--skip-bad``)."""
+    counts = dict(dataset.__dict__.get("_dlbench_skipped", {}))
+    for split, ds in (getattr(dataset, "_cache", None) or {}).items():
+        counts[split] = max(counts.get(split, 0), int(getattr(ds, "skipped", 0) or 0))
+    return counts
 
 
 @torch.no_grad()
@@ -214,7 +236,9 @@ def write_recon_grid(tokenizer: Tokenizer, dataset: ImageDataset, path: Path, ct
     """8x8 grid: rows alternate 8 originals / their reconstructions (32 pairs, test split)."""
     from dlbench.data import load_split_tensors
 
-    split = "test" if "test" in dataset.splits else "train"
+    from dlbench.preflight import split_available
+
+    split = "test" if split_available(dataset, "test") else "train"
     images, _ = load_split_tensors(dataset, split, limit=32)
     recon = to_uint8_images(tokenizer.decode(tokenizer.encode(to_float_images(images).to(ctx.device))))
     rows = []
@@ -421,12 +445,21 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
             metrics["end_of_training"] = report
     except Exception as exc:  # noqa: BLE001 - optional diagnostics never lose a finished run
         metrics["end_of_training"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if getattr(getattr(cfg.dataset, "params", None), "get", lambda k: None)("skip_bad"):
+        skipped = skipped_report(dataset)
+        total = sum(skipped.values())
+        metrics["data"] = {"skipped_images": total, "skipped_by_split": skipped}
+        emit("data_skipped", skipped_images=total, by_split=skipped)
+        _console().print(f"--skip-bad: skipped {total} unreadable image(s)"
+                         + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(skipped.items()))})" if skipped else ""))
     run_dir.write_json("metrics.json", metrics)
     return metrics
 
 
 def _heldout_tokens(tokenizer, dataset, key, ctx, labelled: bool, limit: int = 512):
-    split = "test" if "test" in dataset.splits else "train"
+    from dlbench.preflight import split_available
+
+    split = "test" if split_available(dataset, "test") else "train"
     tokens, labels = tokenize_split(tokenizer, dataset, split, key, ctx)
     return tokens[:limit].to(ctx.device), (labels[:limit].to(ctx.device) if labelled else None)
 
@@ -494,10 +527,12 @@ def load_trained_method(run_dir: RunDir) -> tuple[Method, Tokenizer, Any, ImageD
     tokenizer, _, _ = get_tokenizer(cfg, dataset, ctx, run_dir=None, train_if_missing=False)
     grid = tokenizer.token_grid(dataset.resolution, dataset.resolution)
     method = build_method(cfg, tokenizer, dataset, grid)
-    path = latest_checkpoint(run_dir.checkpoints)
-    if path is None:
+    from dlbench.train.checkpoint import load_latest_intact
+
+    found = load_latest_intact(run_dir.checkpoints, warn=lambda m: _console().print(f"[yellow]warning:[/] {m}"))
+    if found is None:
         raise PipelineError(f"{run_dir.path} has no checkpoint; it never trained (see its events.jsonl)")
-    ck = load_checkpoint(path)
+    _, ck = found
     if ck["ema"] is not None:
         method.load_state_dict({k.removeprefix("shadow."): v for k, v in ck["ema"].items()})
     else:
@@ -514,7 +549,11 @@ def evaluate_run(run_dir: RunDir, *, protocol: str | None = None) -> dict[str, A
     cfg, dataset, ctx = _load_run(run_dir)
     if not run_dir.file("samples.npz").is_file():
         raise PipelineError(f"{run_dir.path} has no samples.npz; the run did not finish (see metrics.json)")
-    data = np.load(run_dir.file("samples.npz"))
+    from dlbench.safeload import CorruptFileError, np_load
+
+    data = np_load(run_dir.file("samples.npz"), what="samples")
+    if "images" not in data:
+        raise CorruptFileError(f"{run_dir.file('samples.npz')}: samples file has no 'images' array")
     own = protocol is None
     proto = _resolve_protocol(cfg) if own else resolve_protocol(protocol)
     n = proto.num_generated
@@ -524,7 +563,18 @@ def evaluate_run(run_dir: RunDir, *, protocol: str | None = None) -> dict[str, A
     labels = torch.from_numpy(data["labels"][:n]) if "labels" in data else None
     ev = evaluate_samples(torch.from_numpy(data["images"][:n]), labels, proto, dataset, device=ctx.device)
     if own:
-        metrics = run_dir.read_json("metrics.json", {}) or {}
+        from dlbench.safeload import CorruptFileError
+
+        try:
+            metrics = run_dir.read_json("metrics.json", {}) or {}
+        except CorruptFileError as exc:  # keep what was just computed; keep the damaged file for inspection
+            aside = run_dir.file(f"metrics.json.corrupt-{int(time.time())}")
+            os.replace(run_dir.file("metrics.json"), aside)
+            _console().print(f"[yellow]warning:[/] {exc}; moved it to {aside.name} and wrote fresh metrics")
+            run_dir.event("warning", message=f"corrupt metrics.json moved to {aside.name}")
+            metrics = {}
+        if not isinstance(metrics, dict):
+            metrics = {}
         metrics.update(ev)
         run_dir.write_json("metrics.json", metrics)
     run_dir.event("evaluation", protocol_hash=ev["protocol_hash"], metrics=ev["metrics"])

