@@ -681,7 +681,7 @@ def test_rule4_disk_full_says_so_and_where(tmp_path, monkeypatch, where):
             save_checkpoint(tmp_path / "checkpoints", step=1, model={}, optimizer={}, ema=None, state={})
         assert not any((tmp_path / "checkpoints").iterdir())  # no partial checkpoint left
     else:
-        import dlbench.runs
+        import dlbench.observe.loggers
 
         class FullFile:  # a file on a full disk: reads work, writes fail
             def __init__(self, fh):
@@ -699,7 +699,8 @@ def test_rule4_disk_full_says_so_and_where(tmp_path, monkeypatch, where):
             def __exit__(self, *exc):
                 self.fh.close()
 
-        monkeypatch.setattr(dlbench.runs, "open", lambda *a, **k: FullFile(open(*a, **k)), raising=False)
+        # events.jsonl is written by the always-on jsonl logger (dlbench.observe.loggers)
+        monkeypatch.setattr(dlbench.observe.loggers, "open", lambda *a, **k: FullFile(open(*a, **k)), raising=False)
         with pytest.raises(DiskFullError, match="events.jsonl"):
             RunDir(tmp_path).event("b")
     after = snapshot(tmp_path)
