@@ -136,15 +136,24 @@ def run(
 
 
 def _print_result(result) -> None:
+    from dlbench.report.calibrated import run_anchor_columns
+
     metrics = result.metrics or {}
     table = Table(title=f"{result.config.method.name} on {result.config.dataset.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in sorted((metrics.get("metrics") or {}).items()):
-        table.add_row(k, f"{v:.4g}" if isinstance(v, (int, float)) else str(v))
+    values = metrics.get("metrics") or {}
+    anchors = run_anchor_columns(metrics, sorted(values))  # the scale: anchor rows as extra columns
+    for name, _ in anchors:
+        table.add_column(f"anchor: {name}", justify="right", style="dim italic")
+    for i, (k, v) in enumerate(sorted(values.items())):
+        table.add_row(k, f"{v:.4g}" if isinstance(v, (int, float)) else str(v), *[col[i] for _, col in anchors])
     for k, why in sorted((metrics.get("unavailable") or {}).items()):
-        table.add_row(k, f"unavailable: {why}")
+        table.add_row(k, f"unavailable: {why}", *["" for _ in anchors])
     out.print(table)
+    why = (metrics.get("anchors") or {}).get("unavailable")
+    if why:
+        out.print(f"anchor rows unavailable: {why}")
     out.print(f"run directory: {result.run_dir.path}")
 
 
@@ -183,12 +192,15 @@ def compare(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d"),
     preset: str = typer.Option("default", "--preset", "-p"),
     seeds: int = typer.Option(1, "--seeds", help="training seeds per method"),
-    budget: Optional[str] = typer.Option(None, "--budget", help="steps=N | images=N | minutes=M"),
+    budget: Optional[str] = typer.Option(
+        None, "--budget", help="flops=F | seconds=S | steps=N | images=N | minutes=M (default: equal training FLOPs)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o"),
     format: str = typer.Option("table", "--format", help="table | md | csv | json | latex"),
     html: Optional[Path] = typer.Option(None, "--html", help="write a static HTML report into this directory"),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="allow different budgets/tokenizers (marked)"),
+    tune_sampling: bool = typer.Option(False, "--tune-sampling",
+                                       help="also pick each method's sampler settings on a validation split (same NFE)"),
 ) -> None:
     """Compare methods under one protocol and one budget (trains what is missing, reuses the rest)."""
     from dlbench import api
@@ -198,7 +210,7 @@ def compare(
         runs, methods = [*runs, *map(Path, methods)], []
     text = api.compare(methods or [], runs=runs, dataset=dataset, preset=preset, seeds=seeds, budget=budget,
                        overrides=_parse_kv(set_), out=out_dir, format=format, html=html,
-                       allow_mismatch=allow_mismatch)
+                       allow_mismatch=allow_mismatch, tune_sampling=tune_sampling)
     if text:
         print(text)
 
