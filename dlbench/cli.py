@@ -144,8 +144,12 @@ def _print_result(result) -> None:
     table.add_column("value", justify="right")
     values = metrics.get("metrics") or {}
     anchors = run_anchor_columns(metrics, sorted(values))  # the scale: anchor rows as extra columns
+    short = {"real (held-out)": "real", "reconstruction": "recon", "class marginals": "cls-marg", "marginals": "marg"}
     for name, _ in anchors:
-        table.add_column(f"anchor: {name}", justify="right", style="dim italic")
+        table.add_column(short.get(name, name), justify="right", style="dim italic")
+    if anchors:
+        table.caption = ("anchors (dim): real held-out images, tokenizer reconstructions, i.i.d. tokens from the "
+                         "class-conditional / unconditional per-position marginals; same protocol and n")
     for i, (k, v) in enumerate(sorted(values.items())):
         table.add_row(k, f"{v:.4g}" if isinstance(v, (int, float)) else str(v), *[col[i] for _, col in anchors])
     for k, why in sorted((metrics.get("unavailable") or {}).items()):

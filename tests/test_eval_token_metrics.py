@@ -84,3 +84,17 @@ def test_bad_input_is_refused():
         unigram_kl(torch.full((2, 2, 2), 9), torch.zeros(2, 2, 2, dtype=torch.long), 4)
     with pytest.raises(ValueError, match="grid shape"):
         pair_kl(torch.zeros(2, 2, 3, dtype=torch.long), torch.zeros(2, 2, 2, dtype=torch.long), 4)
+
+
+def test_token_settings_are_in_the_protocol_hash_and_old_hashes_stay():
+    from dlbench.eval.protocol import resolve_protocol
+
+    plain = resolve_protocol("quick")
+    with_tokens = resolve_protocol("quick", token_metrics={})
+    assert "token_metrics" not in plain.canonical_json()  # protocols from before keep their hash
+    assert with_tokens.name == "quick" and with_tokens.hash() != plain.hash()
+    assert with_tokens.diff(plain) == {"token_metrics": (with_tokens.token_metrics.model_dump(), None)}
+    other = resolve_protocol("quick", token_metrics={"smoothing": 1.0})
+    assert other.hash() != with_tokens.hash()
+    only_tokens = resolve_protocol("quick", token_metrics={}, domain_metrics=False)  # still computes something
+    assert only_tokens.token_metrics is not None

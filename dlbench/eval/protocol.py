@@ -169,10 +169,13 @@ def _backend_version(backend: str) -> str:
 
 
 def resolve_protocol(
-    name_or_dict: str | dict[str, Any] | EvalProtocol, *, resolve_weights: bool = True, **overrides: Any
+    name_or_dict: str | dict[str, Any] | EvalProtocol, *, resolve_weights: bool = True,
+    token_metrics: dict[str, Any] | None = None, **overrides: Any
 ) -> EvalProtocol:
     """Build a protocol from a preset name, a dict or a protocol, apply ``overrides``, and fill in
-    the backend version and (when Inception metrics are asked for) the weights' sha256."""
+    the backend version and (when Inception metrics are asked for) the weights' sha256.
+    ``token_metrics`` (a :class:`TokenMetricSettings` dict; ``{}`` = defaults) turns the token-level metrics
+    on without renaming the preset: the settings are in the hash, and a protocol without them keeps its own."""
     if isinstance(name_or_dict, EvalProtocol):
         base = name_or_dict.model_dump()
     elif isinstance(name_or_dict, str):
@@ -191,6 +194,8 @@ def resolve_protocol(
         if isinstance(name_or_dict, str):
             # an edited preset is not the preset: mark it so its hash is never mistaken for it
             base["name"] = base["name"] if base["name"].endswith("+custom") else base["name"] + "+custom"
+    if token_metrics is not None:
+        base["token_metrics"] = token_metrics
     if "backend" in overrides and "resize" not in overrides:
         base["resize"] = BACKEND_RESIZE[overrides["backend"]]
     if base.get("backend_version") is None and "backend" in base:

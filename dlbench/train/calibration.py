@@ -24,16 +24,12 @@ from dlbench.train.dist import DistContext
 
 
 def protocol_with_tokens(protocol: Any, settings: dict[str, Any] | None) -> Any:
-    """The protocol with its token-metric settings filled in (None: token metrics off, hash unchanged)."""
+    """The protocol with its token-metric settings filled in (None: as it is)."""
     if settings is None:
         return protocol
-    from dlbench.eval.protocol import ProtocolError, TokenMetricSettings
+    from dlbench.eval.protocol import resolve_protocol
 
-    try:
-        tm = TokenMetricSettings.model_validate(settings)
-    except ValueError as exc:
-        raise ProtocolError(f"evaluation.token_metrics: {exc}") from None
-    return protocol.model_copy(update={"token_metrics": tm})
+    return resolve_protocol(protocol, token_metrics=settings)
 
 
 def split_lengths(dataset: ImageDataset) -> dict[str, int]:

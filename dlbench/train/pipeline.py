@@ -291,10 +291,8 @@ def _resolve_protocol(cfg: Any):
     from dlbench.config import ConfigError
     from dlbench.eval.protocol import resolve_protocol
 
-    from dlbench.train.calibration import protocol_with_tokens
-
-    protocol = resolve_protocol(cfg.evaluation.protocol, **cfg.evaluation.overrides)
-    protocol = protocol_with_tokens(protocol, cfg.evaluation.token_metrics)
+    protocol = resolve_protocol(cfg.evaluation.protocol, token_metrics=cfg.evaluation.token_metrics,
+                                **cfg.evaluation.overrides)
     if cfg.sampling.num_samples < protocol.num_generated:
         raise ConfigError(
             f"sampling.num_samples = {cfg.sampling.num_samples} but evaluation protocol {protocol.name!r} needs "
