@@ -43,3 +43,31 @@ def test_flops_per_image_counts_forward_equivalents(registry):  # noqa: F811
     assert flops_per_image(m, (2, 3)) == 6.0 * params * 6
     m.forwards_per_step = 2.5
     assert flops_per_image(m, (2, 3)) == 6.0 * params * 6 * 2.5
+
+
+def test_curve_points_are_evenly_spaced_over_the_budget():
+    from types import SimpleNamespace
+
+    from dlbench.eval.protocol import resolve_protocol
+    from dlbench.train.calibration import CurveRecorder
+    from dlbench.train.dist import DistContext
+
+    def recorder(training):
+        cfg = SimpleNamespace(evaluation=SimpleNamespace(curve_points=4, curve_samples=8))
+        rec = CurveRecorder(cfg=cfg, protocol=resolve_protocol("quick", token_metrics={}), dataset=None,
+                            tokenizer=None, key="k", ctx=DistContext(), emit=None, num_classes=None, training=training)
+        rec.steps = []
+        rec.record = lambda step, gen: rec.steps.append(step)
+        return rec
+
+    by_steps = recorder(SimpleNamespace(steps=100, budget_images=None, budget_minutes=None))
+    for step in range(1, 101):
+        by_steps({"step": step, "images_seen": step * 8, "elapsed_s": 0.0, "model": None, "ema": None})
+    assert by_steps.steps == [25, 50, 75]  # the fourth point is finish() on the final weights
+    by_images = recorder(SimpleNamespace(steps=10**8, budget_images=800, budget_minutes=None))
+    for step in range(1, 101):
+        by_images({"step": step, "images_seen": step * 8, "elapsed_s": 0.0, "model": None, "ema": None})
+    assert by_images.steps == [25, 50, 75]
+    resumed = recorder(SimpleNamespace(steps=100, budget_images=None, budget_minutes=None))
+    resumed({"step": 80, "images_seen": 640, "elapsed_s": 0.0, "model": None, "ema": None})
+    assert resumed.steps == [80]  # fractions passed before a resume give one point, not three

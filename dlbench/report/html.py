@@ -1,8 +1,9 @@
 """Static, self-contained HTML report of a comparison (PNGs embedded as data URIs, also saved).
 
-Shows: the comparison table and the differences to the baseline, sample grids per method,
-training-loss curves, diagnostic curves (e.g. embedding collapse) and metric-vs-step plots, all
-read from the runs' own ``events.jsonl`` / ``metrics.json`` / ``samples.png``.
+Shows: the comparison table with its anchor rows set apart, the anchor ladder (where each method sits),
+the differences to the baseline, sample grids per method, learning curves with the anchor levels as
+horizontal lines, training-loss curves, diagnostic curves (e.g. embedding collapse) and metric-vs-step
+plots, all read from the runs' own ``events.jsonl`` / ``metrics.json`` / ``samples.png``.
 """
 
 from __future__ import annotations

@@ -214,10 +214,11 @@ class CurveRecorder:
     def __call__(self, info: dict[str, Any]) -> None:
         if not self.points or self.done >= self.points - 1:
             return  # the last point is taken by finish() on the final weights
-        if self.fraction(info) + 1e-12 >= (self.done + 1) / self.points:
+        reached = min(self.points - 1, math.floor(self.fraction(info) * self.points + 1e-9))
+        if reached > self.done:  # one point even when several fractions passed at once (e.g. after a resume)
             ema = info.get("ema")
             self.record(info["step"], ema.shadow if ema is not None else info["model"])
-            self.done += 1
+            self.done = reached
 
     def finish(self, step: int, generator: Method) -> None:
         if self.points and step != self.last_step:
