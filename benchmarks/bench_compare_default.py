@@ -57,11 +57,12 @@ def main(argv=None) -> int:
     ap.add_argument("--record", default=None, help="write the markdown report here")
     ap.add_argument("--budget", default=None, help="as `dlbench compare --budget` (default: equal training FLOPs)")
     ap.add_argument("--tune-sampling", action="store_true", help="add tuned-sampler rows (validation split)")
+    ap.add_argument("--tune-samples", type=int, default=256, help="samples per grid point when tuning")
     args = ap.parse_args(argv)
 
     start = time.time()
     common = dict(preset=args.preset, seeds=args.seeds, out=args.out, budget=args.budget,
-                  tune_sampling=args.tune_sampling)
+                  tune_sampling=args.tune_sampling, tune_samples=args.tune_samples)
     data = json.loads(compare(args.methods, format="json", log=lambda m: print(m, file=sys.stderr), **common))
     table = compare(args.methods, format="md", html=args.html, log=lambda m: None, **common)
     wall = time.time() - start

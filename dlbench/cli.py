@@ -205,6 +205,7 @@ def compare(
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="allow different budgets/tokenizers (marked)"),
     tune_sampling: bool = typer.Option(False, "--tune-sampling",
                                        help="also pick each method's sampler settings on a validation split (same NFE)"),
+    tune_samples: int = typer.Option(256, "--tune-samples", help="samples per sampler setting when tuning"),
 ) -> None:
     """Compare methods under one protocol and one budget (trains what is missing, reuses the rest)."""
     from dlbench import api
@@ -214,7 +215,8 @@ def compare(
         runs, methods = [*runs, *map(Path, methods)], []
     text = api.compare(methods or [], runs=runs, dataset=dataset, preset=preset, seeds=seeds, budget=budget,
                        overrides=_parse_kv(set_), out=out_dir, format=format, html=html,
-                       allow_mismatch=allow_mismatch, tune_sampling=tune_sampling)
+                       allow_mismatch=allow_mismatch, tune_sampling=tune_sampling,
+                       tune_samples=tune_samples)
     if text:
         print(text)
 

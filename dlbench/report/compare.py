@@ -467,6 +467,8 @@ def compare(
 
     if format not in {"table", "md", "csv", "json", "latex"}:
         raise ConfigError(f"--format {format!r}: choose table, md, csv, json or latex")
+    if tune_sampling and tune_samples < 2:
+        raise ConfigError(f"--tune-samples {tune_samples}: need at least 2 samples per sampler setting")
     records: list[RunRecord] = []
     order: list[str] = []
     budget_note: str | None = None

@@ -57,7 +57,7 @@ class VQDiffusion(Method):
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
     #: `compare --tune-sampling` grid (METHODS.md B.6): truncation r, the purity sampler, guidance scale
     sampler_grid: ClassVar[dict[str, list[Any]]] = {
-        "options.truncation": [0.8, 0.86, 0.95, 1.0],
+        "options.truncation": [0.86, 1.0],
         "options.sampler": ["ancestral", "purity"],
         "guidance": [1.0, 1.5],
     }
