@@ -159,7 +159,7 @@ def tuned_records(records: Sequence[Any], order: Sequence[str], *, samples: int 
                    "tuned": {"chosen": rec["chosen"], "untuned": rec["untuned"], "nfe": rec["nfe"]}}
         metrics["anchors"] = r.metrics.get("anchors")
         config = {**r.config, "label": f"{r.label} (tuned)"}
-        out.append(RunRecord(r.path, config, metrics, r.protocol, r.meta, r.reused))
+        out.append(RunRecord(r.path, config, metrics, r.protocol, r.meta, reused=False))  # listed once, untuned
     new_order = []
     for lab in order:
         new_order += [lab, f"{lab} (tuned)"]
