@@ -1,5 +1,10 @@
 """The README's comparison, recorded: ``dlbench compare vqlcmd vq-diffusion --seeds 3`` (preset ``default``).
 
+The table carries the four anchor rows (real held-out images, tokenizer reconstructions, class-conditional and
+unconditional per-position token marginals), the token-level columns (``token_kl_pair``, ``token_kl_unigram``,
+``nll_bound`` +- ``nll_bound_se``) and, in its notes, where each method sits on the anchor ladder and which
+compute measure the methods were matched on (equal training FLOPs unless ``--budget`` says otherwise).
+
 Runs that already exist under ``--out`` with the same resolved config are reused (as ``dlbench compare``
 does), so the wall-clock of this invocation may be seconds; the cost of each run is read from its own
 ``meta.json`` (``started`` / ``finished``: training, sampling and evaluation) and ``metrics.json``
@@ -50,16 +55,21 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs", help="runs root (shared with `dlbench compare` to reuse runs)")
     ap.add_argument("--html", default=None, help="also write the HTML report here")
     ap.add_argument("--record", default=None, help="write the markdown report here")
+    ap.add_argument("--budget", default=None, help="as `dlbench compare --budget` (default: equal training FLOPs)")
+    ap.add_argument("--tune-sampling", action="store_true", help="add tuned-sampler rows (validation split)")
+    ap.add_argument("--tune-samples", type=int, default=256, help="samples per grid point when tuning")
     args = ap.parse_args(argv)
 
     start = time.time()
-    data = json.loads(compare(args.methods, preset=args.preset, seeds=args.seeds, out=args.out, format="json",
-                              log=lambda m: print(m, file=sys.stderr)))
-    table = compare(args.methods, preset=args.preset, seeds=args.seeds, out=args.out, format="md",
-                    html=args.html, log=lambda m: None)
+    common = dict(preset=args.preset, seeds=args.seeds, out=args.out, budget=args.budget,
+                  tune_sampling=args.tune_sampling, tune_samples=args.tune_samples)
+    data = json.loads(compare(args.methods, format="json", log=lambda m: print(m, file=sys.stderr), **common))
+    table = compare(args.methods, format="md", html=args.html, log=lambda m: None, **common)
     wall = time.time() - start
     lines = [
-        f"# `dlbench compare {' '.join(args.methods)} --seeds {args.seeds}` (preset `{args.preset}`)",
+        f"# `dlbench compare {' '.join(args.methods)} --seeds {args.seeds}"
+        f"{' --budget ' + args.budget if args.budget else ''}{' --tune-sampling' if args.tune_sampling else ''}` "
+        f"(preset `{args.preset}`)",
         "",
         f"{machine_line()}; command: `python benchmarks/bench_compare_default.py "
         f"{' '.join(argv if argv is not None else sys.argv[1:])}`; wall-clock of this invocation "
@@ -74,6 +84,8 @@ def main(argv=None) -> int:
     ]
     tokenizers: dict[str, str] = {}
     for row in data["rows"]:
+        if row.get("kind") != "method" or str(row["method"]).endswith("(tuned)"):
+            continue
         for run in map(Path, row["runs"]):
             meta = json.loads((run / "meta.json").read_text())
             whole = None

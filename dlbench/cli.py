@@ -190,15 +190,28 @@ def plan(
 
 
 def _print_result(result) -> None:
+    from dlbench.report.calibrated import run_anchor_columns
+
     metrics = result.metrics or {}
     table = Table(title=f"{result.config.method.name} on {result.config.dataset.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in sorted((metrics.get("metrics") or {}).items()):
-        table.add_row(k, f"{v:.4g}" if isinstance(v, (int, float)) else str(v))
+    values = metrics.get("metrics") or {}
+    anchors = run_anchor_columns(metrics, sorted(values))  # the scale: anchor rows as extra columns
+    short = {"real (held-out)": "real", "reconstruction": "recon", "class marginals": "cls-marg", "marginals": "marg"}
+    for name, _ in anchors:
+        table.add_column(short.get(name, name), justify="right", style="dim italic")
+    if anchors:
+        table.caption = ("anchors (dim): real held-out images, tokenizer reconstructions, i.i.d. tokens from the "
+                         "class-conditional / unconditional per-position marginals; same protocol and n")
+    for i, (k, v) in enumerate(sorted(values.items())):
+        table.add_row(k, f"{v:.4g}" if isinstance(v, (int, float)) else str(v), *[col[i] for _, col in anchors])
     for k, why in sorted((metrics.get("unavailable") or {}).items()):
-        table.add_row(k, f"unavailable: {why}")
+        table.add_row(k, f"unavailable: {why}", *["" for _ in anchors])
     out.print(table)
+    why = (metrics.get("anchors") or {}).get("unavailable")
+    if why:
+        out.print(f"anchor rows unavailable: {why}")
     out.print(f"run directory: {result.run_dir.path}")
 
 
@@ -237,7 +250,8 @@ def compare(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d"),
     preset: str = typer.Option("default", "--preset", "-p"),
     seeds: int = typer.Option(1, "--seeds", min=1, help="training seeds per method"),
-    budget: Optional[str] = typer.Option(None, "--budget", help="steps=N | images=N | minutes=M"),
+    budget: Optional[str] = typer.Option(
+        None, "--budget", help="flops=F | seconds=S | steps=N | images=N | minutes=M (default: equal training FLOPs)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s"),
     out_dir: Path = typer.Option(Path("runs"), "--out", "-o"),
     format: str = typer.Option("table", "--format", help="table | md | csv | json | latex"),
@@ -246,6 +260,9 @@ def compare(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or progress lines"),
     progress_interval: Optional[float] = typer.Option(None, "--progress-interval",
                                                       help="seconds between progress lines in a log file"),
+    tune_sampling: bool = typer.Option(False, "--tune-sampling",
+                                       help="also pick each method's sampler settings on a validation split (same NFE)"),
+    tune_samples: int = typer.Option(256, "--tune-samples", help="samples per sampler setting when tuning"),
 ) -> None:
     """Compare methods under one protocol and one budget (trains what is missing, reuses the rest)."""
     from dlbench import api
@@ -258,7 +275,8 @@ def compare(
         runs, methods = [*runs, *map(Path, methods)], []
     text = api.compare(methods or [], runs=runs, dataset=dataset, preset=preset, seeds=seeds, budget=budget,
                        overrides=_parse_kv(set_), out=out_dir, format=format, html=html,
-                       allow_mismatch=allow_mismatch)
+                       allow_mismatch=allow_mismatch, tune_sampling=tune_sampling,
+                       tune_samples=tune_samples)
     if text:
         print(text)
 

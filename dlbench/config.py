@@ -66,6 +66,8 @@ class TrainingConfig(Section):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (same global batch, less memory)")
     budget_images: int | None = Field(None, gt=0, description="stop after this many images seen")
     budget_minutes: float | None = Field(None, gt=0, description="stop after this wall-clock time")
+    budget_flops: float | None = Field(None, gt=0, description="stop after this many training FLOPs "
+                                       "(6 * params * positions * forwards_per_step per image)")
     log_every: int = Field(50, gt=0)
     checkpoint_every: int = Field(500, gt=0)
     diagnostics_every: int = Field(200, gt=0)
@@ -128,6 +130,11 @@ class EvaluationConfig(Section):
     enabled: bool = True
     protocol: str = "quick"
     overrides: dict[str, Any] = Field(default_factory=dict)
+    token_metrics: dict[str, Any] | None = Field(
+        default_factory=dict, description="token-metric settings (part of the protocol); null turns them off")
+    anchors: bool = Field(True, description="compute (or reuse) the anchor rows of this dataset/tokenizer/protocol")
+    curve_points: int = Field(0, ge=0, description="learning-curve points, evenly spaced over the budget")
+    curve_samples: int = Field(256, gt=1, description="samples per learning-curve point")
 
 
 class RunConfig(Section):
@@ -170,7 +177,8 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
         "training": {"steps": 20, "batch_size": 16, "warmup_steps": 2, "log_every": 5,
                      "checkpoint_every": 10, "diagnostics_every": 10},
         "sampling": {"num_samples": 16, "batch_size": 16, "steps": 4},
-        "evaluation": {"protocol": "quick", "overrides": {"num_generated": 16}},
+        "evaluation": {"protocol": "quick", "overrides": {"num_generated": 16}, "curve_points": 2,
+                       "curve_samples": 16},
         "dataset": {"params": {"max_images": 512}},
     },
     # sized so one run (tokenizer cached) is ~10 min on 2 CPU cores, most of it Inception features
@@ -179,7 +187,7 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
         "tokenizer": {"training": {"steps": 1500, "batch_size": 64}},
         "training": {"steps": 500, "batch_size": 64},
         "sampling": {"num_samples": 2000, "batch_size": 250, "steps": 25},
-        "evaluation": {"protocol": "default"},
+        "evaluation": {"protocol": "default", "curve_points": 5, "curve_samples": 256},
     },
     # a comparison sized for a 2-core CPU (< ~1 h per run): 6x the default's generator budget, 50 sampling
     # steps. Methods that do more forward+backward passes per step than one get fewer steps (equal compute):

@@ -202,6 +202,28 @@ class MethodContext:
 SampleCallback = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class NLLBound:
+    """An upper bound on ``-log p(x | y)`` of held-out token grids, in nats per token.
+
+    ``per_grid`` (``"b"`` float64) holds one unbiased Monte Carlo estimate of the bound per grid;
+    ``value`` is their mean and ``stderr`` its standard error (``std / sqrt(b)``), which covers both the
+    data and the estimator's own randomness. ``estimator`` names the bound (docs/protocol.md).
+    """
+
+    value: float
+    stderr: float
+    n: int
+    estimator: str
+    per_grid: tuple[float, ...] = ()
+
+    @classmethod
+    def from_per_grid(cls, per_grid: torch.Tensor, estimator: str) -> "NLLBound":
+        v = per_grid.detach().double().cpu()
+        se = float(v.std(unbiased=True) / v.numel() ** 0.5) if v.numel() > 1 else float("nan")
+        return cls(float(v.mean()), se, int(v.numel()), estimator, tuple(v.tolist()))
+
+
 class Method(nn.Module, ABC):
     """A generator over token grids: composes schedule, embedding, denoiser and losses.
 
@@ -214,6 +236,12 @@ class Method(nn.Module, ABC):
     requires: ClassVar[MethodRequirements] = MethodRequirements()
     #: run-config overrides per preset name (``quick``/``default``/``paper``), nested dicts.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: training cost of one optimizer step in forward+backward passes over the batch (compute budgets and
+    #: the FLOPs column); a method with a second batched pass or a teacher forward declares more.
+    forwards_per_step: float = 1.0
+    #: sampler knobs and the small grid ``compare --tune-sampling`` searches, ``{"guidance": [1.0, 1.5],
+    #: "options.temperature": [...]}``: a key is ``guidance`` or ``options.<sampling option>``.
+    sampler_grid: ClassVar[dict[str, list[Any]]] = {}
 
     @abstractmethod
     def loss(
@@ -247,6 +275,17 @@ class Method(nn.Module, ABC):
     def diagnostics(self) -> dict[str, float]:
         """Scalar diagnostics logged during training (e.g. embedding collapse)."""
         return {}
+
+    def nll_bound(
+        self, tokens: torch.Tensor, labels: torch.Tensor | None, *, mc: int = 1, seed: int = 0
+    ) -> NLLBound | None:
+        """Upper bound on the held-out negative log-likelihood of ``tokens "b h w"`` (given ``labels``), in
+        nats per token, averaged over ``mc`` Monte Carlo draws per grid from a generator seeded by ``seed``.
+
+        Optional: the default ``None`` means "this method has no likelihood bound" and the table shows
+        ``nll_bound`` as unavailable for it. Implementations must not touch the global RNG.
+        """
+        return None
 
     def end_of_training_report(self, tokens: torch.Tensor, labels: torch.Tensor | None) -> dict[str, Any]:
         """Optional heavier diagnostics on held-out tokens (e.g. a CE(t) curve)."""

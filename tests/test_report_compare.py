@@ -119,7 +119,7 @@ def test_failed_or_unfinished_runs_are_not_compared(tmp_path):
 def test_budget_overrides():
     assert budget_overrides("steps=500") == ["training.steps=500"]
     assert budget_overrides("minutes=2")[0] == "training.budget_minutes=2.0"
-    with pytest.raises(Exception, match="steps, images or minutes"):
+    with pytest.raises(Exception, match="steps, images, minutes, seconds or flops"):
         budget_overrides("hours=1")
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dlbench.registry import DlbenchError
 
-__all__ = ["EvalProtocol", "PRESETS", "ProtocolError", "resolve_protocol", "BACKEND_RESIZE"]
+__all__ = ["EvalProtocol", "TokenMetricSettings", "PRESETS", "ProtocolError", "resolve_protocol", "BACKEND_RESIZE"]
 
 InceptionMetric = Literal["fid", "kid", "prc", "isc"]
 
@@ -30,6 +30,22 @@ _DISTRIBUTION = {"torch-fidelity": "torch-fidelity", "clean-fid": "clean-fid"}
 
 class ProtocolError(DlbenchError):
     """A protocol that cannot be built or used as asked."""
+
+
+class TokenMetricSettings(BaseModel):
+    """Settings of the token-level metrics (docs/protocol.md, "Token-level metrics"); part of the protocol.
+
+    ``smoothing`` is the add-alpha pseudo-count of every cell of a per-position unigram histogram; a
+    neighbour-pair histogram has ``K^2`` cells and gets ``smoothing / K`` per cell, so each of its K
+    conditional rows carries the same pseudo-mass as one unigram histogram.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    smoothing: float = Field(default=0.5, gt=0, description="add-alpha pseudo-count per unigram cell")
+    nll_num_grids: int = Field(default=256, gt=0, description="held-out token grids for the NLL bound")
+    nll_mc: int = Field(default=1, gt=0, description="Monte Carlo draws per grid (the method says what one draw is)")
+    nll_seed: int = 0
 
 
 class EvalProtocol(BaseModel):
@@ -62,6 +78,9 @@ class EvalProtocol(BaseModel):
     precision: Literal["fp32", "fp64"] = "fp32"
     domain_metrics: bool = True
     domain_classifier: str = "v1"
+    #: token-level metrics (unigram / neighbour-pair KL, NLL bound); None = not computed. Left out of the
+    #: canonical JSON when None, so protocols that predate them keep their hashes.
+    token_metrics: TokenMetricSettings | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvalProtocol":
@@ -72,14 +91,17 @@ class EvalProtocol(BaseModel):
             raise ValueError(
                 f"backend 'clean-fid' computes fid and kid only, not {sorted(set(self.inception_metrics) - {'fid', 'kid'})}"
             )
-        if not self.inception_metrics and not self.domain_metrics:
-            raise ValueError("protocol computes nothing: no inception_metrics and domain_metrics=False")
+        if not self.inception_metrics and not self.domain_metrics and self.token_metrics is None:
+            raise ValueError("protocol computes nothing: no inception_metrics, domain_metrics=False, no token_metrics")
         return self
 
     # -- identity ---------------------------------------------------------------------------------
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        if data.get("token_metrics") is None:
+            data.pop("token_metrics", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of all fields."""
@@ -147,10 +169,13 @@ def _backend_version(backend: str) -> str:
 
 
 def resolve_protocol(
-    name_or_dict: str | dict[str, Any] | EvalProtocol, *, resolve_weights: bool = True, **overrides: Any
+    name_or_dict: str | dict[str, Any] | EvalProtocol, *, resolve_weights: bool = True,
+    token_metrics: dict[str, Any] | None = None, **overrides: Any
 ) -> EvalProtocol:
     """Build a protocol from a preset name, a dict or a protocol, apply ``overrides``, and fill in
-    the backend version and (when Inception metrics are asked for) the weights' sha256."""
+    the backend version and (when Inception metrics are asked for) the weights' sha256.
+    ``token_metrics`` (a :class:`TokenMetricSettings` dict; ``{}`` = defaults) turns the token-level metrics
+    on without renaming the preset: the settings are in the hash, and a protocol without them keeps its own."""
     if isinstance(name_or_dict, EvalProtocol):
         base = name_or_dict.model_dump()
     elif isinstance(name_or_dict, str):
@@ -169,6 +194,8 @@ def resolve_protocol(
         if isinstance(name_or_dict, str):
             # an edited preset is not the preset: mark it so its hash is never mistaken for it
             base["name"] = base["name"] if base["name"].endswith("+custom") else base["name"] + "+custom"
+    if token_metrics is not None:
+        base["token_metrics"] = token_metrics
     if "backend" in overrides and "resize" not in overrides:
         base["resize"] = BACKEND_RESIZE[overrides["backend"]]
     if base.get("backend_version") is None and "backend" in base:

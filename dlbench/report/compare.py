@@ -33,7 +33,7 @@ class ComparisonMismatchError(DlbenchError):
 
 
 #: lower is better for these metric-name prefixes; higher for everything else we know of
-LOWER_IS_BETTER = ("fid", "kid", "domain_fd", "fd", "rfid", "token_kl")
+LOWER_IS_BETTER = ("fid", "kid", "domain_fd", "fd", "rfid", "token_kl", "nll")
 
 #: config fields that must match across a comparison ("same harness, same budget")
 MATCHED_FIELDS = {
@@ -44,6 +44,7 @@ MATCHED_FIELDS = {
     "training.batch_size": "budget",
     "training.budget_images": "budget",
     "training.budget_minutes": "budget",
+    "training.budget_flops": "budget",
     "sampling.num_samples": "sampling",
 }
 
@@ -169,6 +170,8 @@ class Comparison:
     metric_names: list[str]
     unavailable: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    #: the anchor record shared by the runs (dlbench.eval.anchors), None when the runs carry none
+    anchors: dict[str, Any] | None = None
 
     @property
     def baseline(self) -> MethodSummary:
@@ -209,10 +212,13 @@ def summarise(records: Sequence[RunRecord], order: Sequence[str] | None = None,
         for m, vals in s.per_seed.items():
             if m in base.per_seed:
                 s.diffs[m] = diff_ci(vals, base.per_seed[m])
+    from dlbench.report.calibrated import attach_anchors
     from dlbench.report.integrity import integrity_notes
 
-    return Comparison(protocol_hash, summaries, metric_names, unavailable,
-                      notes=integrity_notes(summaries, metric_names))
+    cmp = Comparison(protocol_hash, summaries, metric_names, unavailable,
+                     notes=integrity_notes(summaries, metric_names))
+    attach_anchors(cmp, records)
+    return cmp
 
 
 def _compute_columns(runs: Sequence[RunRecord]) -> dict[str, Any]:
@@ -283,8 +289,11 @@ def rows(cmp: Comparison) -> list[dict[str, Any]]:
         row["sample_seeds"] = s.compute.get("sample_seeds")
         row["mismatch"] = s.mismatch
         row["runs"] = [str(r.path) for r in s.runs]
+        row["kind"] = "method"
         out.append(row)
-    return out
+    from dlbench.report.calibrated import anchor_rows
+
+    return out + anchor_rows(cmp)
 
 
 def _table_cells(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
@@ -316,6 +325,9 @@ def _footer(cmp: Comparison) -> list[str]:
     for s in cmp.summaries:
         if s.mismatch:
             lines.append(f"† {s.label} differs from the baseline in: " + "; ".join(s.mismatch))
+    from dlbench.report.calibrated import placement_lines
+
+    lines += placement_lines(cmp)
     reused = [str(r.path) for s in cmp.summaries for r in s.runs if r.reused]
     if reused:
         lines.append(f"reused {len(reused)} finished run(s): " + ", ".join(reused))
@@ -336,12 +348,15 @@ def render(cmp: Comparison, fmt: str = "table") -> str:
         for r in rs:
             w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
         return buf.getvalue()
+    from dlbench.report.calibrated import anchor_cells
+
     header, body = _table_cells(cmp)
+    abody = anchor_cells(cmp)
     dheader, dbody = _diff_cells(cmp)
     if fmt == "md":
         def md(h, b):
             return "\n".join(["| " + " | ".join(h) + " |", "|" + "---|" * len(h)] + ["| " + " | ".join(r) + " |" for r in b])
-        parts = [md(header, body)]
+        parts = [md(header, body + [[f"*{c}*" if c not in ("", "–") else c for c in r] for r in abody])]
         if dbody:
             parts.append(md(dheader, dbody))
         parts.append("\n".join(f"- {line}" for line in _footer(cmp)))
@@ -353,6 +368,9 @@ def render(cmp: Comparison, fmt: str = "table") -> str:
         lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
                  " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
         lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
+        if abody:
+            lines.append(r"\midrule")
+            lines += [" & ".join(r"\textit{" + esc(c) + "}" for c in row) + r" \\" for row in abody]
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
     if fmt == "table":
@@ -365,6 +383,10 @@ def render(cmp: Comparison, fmt: str = "table") -> str:
             t.add_column(h, justify="left" if h == "method" else "right")
         for r in body:
             t.add_row(*r)
+        if abody:
+            t.add_section()
+            for r in abody:
+                t.add_row(*r, style="dim italic")
         console.print(t)
         if dbody:
             d = Table(title=f"difference vs baseline ({cmp.baseline.label})")
@@ -385,24 +407,29 @@ def render(cmp: Comparison, fmt: str = "table") -> str:
 
 
 def budget_overrides(budget: str | None) -> list[str]:
-    """``steps=N`` | ``images=N`` | ``minutes=M`` -> ``--set`` overrides of the training section."""
+    """``steps=N`` | ``images=N`` | ``minutes=M`` | ``seconds=S`` | ``flops=F`` -> ``--set`` overrides of the
+    training section (a FLOPs budget is turned into images per method by the pipeline)."""
     if not budget:
         return []
     key, _, value = budget.partition("=")
     try:
         num = float(value)
     except ValueError:
-        raise ConfigError(f"--budget {budget!r}: expected steps=N, images=N or minutes=M") from None
+        raise ConfigError(f"--budget {budget!r}: expected steps=N, images=N, minutes=M, seconds=S or flops=F") from None
     if not math.isfinite(num) or num <= 0 or (key in ("steps", "images") and num != int(num)):
         raise ConfigError(f"--budget {budget!r}: the budget must be a finite positive number"
                           + (" (a whole number of steps/images)" if key in ("steps", "images") else ""))
+    if key == "flops":
+        return [f"training.budget_flops={num}", "training.steps=100000000"]
+    if key == "seconds":
+        return [f"training.budget_minutes={num / 60}", "training.steps=100000000"]
     if key == "steps":
         return [f"training.steps={int(num)}"]
     if key == "images":
         return [f"training.budget_images={int(num)}", "training.steps=100000000"]
     if key == "minutes":
         return [f"training.budget_minutes={num}", "training.steps=100000000"]
-    raise ConfigError(f"--budget {budget!r}: the budget kind must be steps, images or minutes")
+    raise ConfigError(f"--budget {budget!r}: the budget kind must be steps, images, minutes, seconds or flops")
 
 
 def find_reusable(out: Path, config_hash: str, method: str, dataset: str) -> Path | None:
@@ -440,14 +467,20 @@ def compare(
     html: str | Path | None = None,
     allow_mismatch: bool = False,
     log=print,
+    equal_compute: bool = True,
+    tune_sampling: bool = False,
+    tune_samples: int = 256,
 ) -> str:
     """Run what is missing, reuse what matches, then compare (see module docstring)."""
     from dlbench import api
 
     if format not in {"table", "md", "csv", "json", "latex"}:
         raise ConfigError(f"--format {format!r}: choose table, md, csv, json or latex")
+    if tune_sampling and tune_samples < 2:
+        raise ConfigError(f"--tune-samples {tune_samples}: need at least 2 samples per sampler setting")
     records: list[RunRecord] = []
     order: list[str] = []
+    budget_note: str | None = None
     if runs:
         if methods:
             raise ConfigError("give either METHOD… or --runs DIR…, not both")
@@ -463,11 +496,25 @@ def compare(
         if seeds < 1:
             raise ConfigError("--seeds must be >= 1")
         extra = list(overrides) + budget_overrides(budget)
-        plans = []
-        for m in methods:
-            for seed in range(seeds):
-                cfg = api.resolve(m, dataset=dataset, preset=preset, overrides=extra, seed=seed)
-                plans.append(cfg)  # resolve everything first: a typo fails before any training
+
+        def resolve_all(extra: list[str]) -> list[Any]:
+            return [api.resolve(m, dataset=dataset, preset=preset, overrides=extra, seed=seed)
+                    for m in methods for seed in range(seeds)]
+
+        plans = resolve_all(extra)  # resolve everything first: a typo fails before any training
+        if budget is None and equal_compute and len(set(methods)) > 1:
+            from dlbench.train.calibration import equal_flops_budget
+
+            flops, per = equal_flops_budget(plans)
+            plans = resolve_all(extra + [f"training.budget_flops={flops}"])
+            budget_note = (f"budget: equal training FLOPs, {flops:.3g} per run (the smallest of the methods' preset "
+                           "budgets: " + ", ".join(f"{m} {f:.3g}" for m, f in per.items()) + "); pass --budget "
+                           "steps=N for equal steps instead")
+        elif budget is not None:
+            kind = budget.partition("=")[0]
+            budget_note = f"budget: {budget} per run" + (" (equal steps, not equal compute)" if kind == "steps" else "")
+        else:
+            budget_note = None
         from dlbench.preflight import preflight
 
         for cfg in plans:  # the same pre-flight as `dlbench run`, for every planned run, before any training
@@ -482,8 +529,14 @@ def compare(
             log(f"training {cfg.method.name} seed {cfg.seed} ({preset} preset) ...")
             result = api.run(cfg.method.name, config=cfg, out=out)
             records.append(RunRecord.load(result.run_dir.path))
+    if tune_sampling:
+        from dlbench.train.sampler_tuning import tuned_records
+
+        records, order = tuned_records(records, order, samples=tune_samples, log=log)
     mismatch = check_matched(records, allow_mismatch)
     cmp = summarise(records, order, mismatch)
+    if not runs and budget_note:
+        cmp.notes.append(budget_note)
     text = render(cmp, format)
     if html is not None:
         from dlbench.report.html import write_report

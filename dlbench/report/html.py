@@ -1,8 +1,9 @@
 """Static, self-contained HTML report of a comparison (PNGs embedded as data URIs, also saved).
 
-Shows: the comparison table and the differences to the baseline, sample grids per method,
-training-loss curves, diagnostic curves (e.g. embedding collapse) and metric-vs-step plots, all
-read from the runs' own ``events.jsonl`` / ``metrics.json`` / ``samples.png``.
+Shows: the comparison table with its anchor rows set apart, the anchor ladder (where each method sits),
+the differences to the baseline, sample grids per method, learning curves with the anchor levels as
+horizontal lines, training-loss curves, diagnostic curves (e.g. embedding collapse) and metric-vs-step
+plots, all read from the runs' own ``events.jsonl`` / ``metrics.json`` / ``samples.png``.
 """
 
 from __future__ import annotations
@@ -80,9 +81,11 @@ def _img(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def _table_html(header: list[str], body: list[list[str]]) -> str:
+def _table_html(header: list[str], body: list[list[str]], anchors: list[list[str]] | None = None) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+    trs += "".join("<tr class='anchor'>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                   for r in anchors or [])
     return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"
 
 
@@ -111,9 +114,15 @@ def write_report(cmp: Comparison, out_dir: Path, title: str = "dlbench compariso
     f = _plot(diags, diag_keys, "training diagnostics", out_dir / "diagnostics.png")
     if f:
         figures.append(("Diagnostics", f))
+    from dlbench.report.calibrated import anchor_cells, curve_figure, ladder_figure
+
+    f = curve_figure(cmp, out_dir / "learning_curves.png")
+    if f:
+        figures.append(("Learning curves (with anchor levels)", f))
     f = _plot(evals, cmp.metric_names, "metrics vs training step", out_dir / "metrics_vs_step.png")
     if f:
         figures.append(("Metrics vs step", f))
+    ladder = ladder_figure(cmp, out_dir / "anchor_ladder.png") if cmp.anchors else None
 
     grids: list[tuple[str, Path]] = []
     for s in cmp.summaries:
@@ -129,8 +138,14 @@ def write_report(cmp: Comparison, out_dir: Path, title: str = "dlbench compariso
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Protocol <code>{html.escape(cmp.protocol_hash)}</code>. Every number below was produced under this "
         "one evaluation protocol; runs under other protocols are refused, not mixed.</p>",
-        "<h2>Results</h2>", _table_html(header, body),
+        "<h2>Results</h2>", _table_html(header, body, anchor_cells(cmp)),
     ]
+    if ladder:
+        parts += ["<h2>Where each method sits: the anchor ladder</h2>",
+                  "<p>Vertical lines: real held-out images, the tokenizer's reconstructions, i.i.d. tokens from the "
+                  "class-conditional and the unconditional per-position marginals (same protocol, same n). Points: "
+                  "methods, mean and 95% interval over training seeds.</p>",
+                  f"<img class='plot' src='{_img(ladder)}' alt='anchor ladder'>"]
     if dbody:
         parts += [f"<h2>Difference vs baseline ({html.escape(cmp.baseline.label)})</h2>", _table_html(dheader, dbody)]
     parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in _footer(cmp)) + "</ul>")
@@ -146,6 +161,7 @@ def write_report(cmp: Comparison, out_dir: Path, title: str = "dlbench compariso
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
              "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;font-size:13px}"
              "td:first-child,th:first-child{text-align:left}.grids{display:flex;flex-wrap:wrap;gap:1em}"
+             "tr.anchor td{font-style:italic;color:#555;background:#f4f4f4}tr:not(.anchor)+tr.anchor td{border-top:3px double #888}"
              ".scroll{overflow-x:auto}figure img{image-rendering:pixelated;width:256px}img.plot{max-width:100%}code{font-size:12px}")
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")

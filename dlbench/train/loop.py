@@ -42,7 +42,8 @@ EventFn = Callable[..., None]  # like RunDir.event(kind, **fields)
 #: config fields that may change between a checkpoint and its resume (budgets and logging cadence)
 RESUMABLE_FIELDS: tuple[str, ...] = (
     "training.steps", "training.budget_images", "training.budget_minutes", "training.log_every",
-    "training.checkpoint_every", "training.diagnostics_every", "training.grad_accum", "device", "loggers",
+    "training.checkpoint_every", "training.diagnostics_every", "training.grad_accum", "training.budget_flops",
+    "device", "loggers",
 )
 
 
@@ -178,6 +179,7 @@ def train(
     seed: int = 0,
     show_progress: bool = True,
     keep_checkpoints: int = 2,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place under ``config`` (a :class:`dlbench.config.TrainingConfig`).
 
@@ -185,6 +187,9 @@ def train(
     differs outside :data:`RESUMABLE_FIELDS` raises :class:`ResumeConfigMismatch` naming the fields.
     ``events(kind, **fields)`` receives ``"<stage>"`` log lines (loss terms separately) on rank 0.
     Raises :class:`TrainingDiverged` on NaN/Inf loss or gradients (no checkpoint written for it).
+    ``on_step({"step", "images_seen", "elapsed_s", "model", "ema"})`` runs on rank 0 after every step
+    (learning curves); it must leave the RNG and the model's mode as it found them, and its time is not
+    counted as training time.
     """
     ctx = ctx or DistContext()
     device = ctx.device
@@ -307,6 +312,11 @@ def train(
                 window.clear()
             if diagnostics is not None and step % getattr(config, "diagnostics_every", 10**9) == 0 and ctx.is_main:
                 emit("diagnostics", stage=stage, step=step, **diagnostics())
+            if on_step is not None and ctx.is_main:
+                paused = time.monotonic()
+                on_step({"step": step, "images_seen": images_seen, "model": model, "ema": ema,
+                         "elapsed_s": elapsed_before + paused - start})
+                start += time.monotonic() - paused  # evaluation time is not training time (wall-clock budgets)
             if step % config.checkpoint_every == 0:
                 last_good = checkpoint() or last_good
                 saved_step = step

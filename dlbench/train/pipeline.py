@@ -337,7 +337,8 @@ def _resolve_protocol(cfg: Any):
     from dlbench.config import ConfigError
     from dlbench.eval.protocol import resolve_protocol
 
-    protocol = resolve_protocol(cfg.evaluation.protocol, **cfg.evaluation.overrides)
+    protocol = resolve_protocol(cfg.evaluation.protocol, token_metrics=cfg.evaluation.token_metrics,
+                                **cfg.evaluation.overrides)
     if cfg.sampling.num_samples < protocol.num_generated:
         raise ConfigError(
             f"sampling.num_samples = {cfg.sampling.num_samples} but evaluation protocol {protocol.name!r} needs "
@@ -386,6 +387,14 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
     method = build_method(cfg, tokenizer, dataset, grid)
     labels = method_labels(method, train_labels)
     tensors = (train_tokens,) if labels is None else (train_tokens, labels)
+    from dlbench.train.calibration import CurveRecorder, effective_training
+
+    training, budget_record = effective_training(cfg.training, method, grid)
+    num_classes = dataset.num_classes if labels is not None else None
+    curves = None
+    if protocol is not None and cfg.evaluation.curve_points and ctx.is_main:
+        curves = CurveRecorder(cfg=cfg, protocol=protocol, dataset=dataset, tokenizer=tokenizer, key=key, ctx=ctx,
+                               emit=emit, num_classes=num_classes, training=training)
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...]):
         return model.loss(batch[0], batch[1] if len(batch) > 1 else None)
@@ -396,14 +405,15 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
             method, loss_fn,
             TensorBatches(*tensors, batch_size=cfg.training.batch_size, seed=cfg.seed, rank=ctx.rank,
                           world=ctx.world_size),
-            cfg.training, ctx=ctx, checkpoint_dir=run_dir.checkpoints, resume=resume, config_record=record,
-            events=emit, diagnostics=method.diagnostics, stage="train", seed=cfg.seed,
+            training, ctx=ctx, checkpoint_dir=run_dir.checkpoints, resume=resume, config_record=record,
+            events=emit, diagnostics=method.diagnostics, stage="train", seed=cfg.seed, on_step=curves,
         )
     except TrainingDiverged as exc:
         return _failed(run_dir, ctx, str(exc), exc.step)
     generator = result.ema.shadow if result.ema is not None else method
+    if curves is not None:
+        curves.finish(result.step, generator)
 
-    num_classes = dataset.num_classes if labels is not None else None
     s = cfg.sampling
     s_labels = sample_labels(s.num_samples, num_classes)
     tokens = sample_tokens(generator, s.num_samples, seed=s.seed, labels=s_labels, batch_size=s.batch_size,
@@ -418,7 +428,7 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
         "sampling": {"num_samples": s.num_samples, "steps": s.steps, "guidance": s.guidance,
                      "nfe_per_sample": _nfe(method, s), "seed": s.seed},
         "seeds": {"train": cfg.seed, "sample": s.seed, "tokenizer": cfg.tokenizer.seed},
-        "compute": compute_record(method, result, grid, s, ctx),
+        "compute": {**compute_record(method, result, grid, s, ctx), "budget": budget_record},
         "method_diagnostics": _safe_diagnostics(generator),
     }
     if not ctx.is_main:
@@ -436,6 +446,8 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
             ev = evaluate_samples(images[:n], s_labels[:n] if s_labels is not None else None, protocol, dataset,
                                   device=ctx.device)
         metrics.update(ev)
+        _calibrate(metrics, generator, tokens, tokenizer, dataset, key, protocol, ctx, labels is not None, cfg,
+                   curves)
         run_dir.write_json("protocol.json", {**protocol.model_dump(mode="json"), "hash": ev["protocol_hash"]})
         emit("evaluation", protocol_hash=ev["protocol_hash"], metrics=ev["metrics"])
         emit("eval", step=result.step, **{k: v for k, v in ev["metrics"].items() if isinstance(v, (int, float))})
@@ -454,6 +466,27 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
                          + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(skipped.items()))})" if skipped else ""))
     run_dir.write_json("metrics.json", metrics)
     return metrics
+
+
+def _calibrate(metrics: dict[str, Any], generator: Method, tokens: torch.Tensor, tokenizer: Tokenizer,
+               dataset: ImageDataset, key: str, protocol: Any, ctx: DistContext, conditional: bool, cfg: Any,
+               curves: Any = None) -> None:
+    """Token metrics + NLL bound into ``metrics`` (protocol-hashed like the rest) and the anchor rows
+    (:mod:`dlbench.train.calibration`); anchors never lose a finished run."""
+    from dlbench.train.calibration import anchors_for, token_evaluation
+
+    if protocol.token_metrics is not None:
+        te = token_evaluation(generator, tokens, tokenizer, dataset, key, protocol, ctx, conditional)
+        metrics["metrics"].update(te["metrics"])
+        metrics.setdefault("unavailable", {}).update(te["unavailable"])
+        metrics.setdefault("details", {}).update(te["details"])
+    if cfg.evaluation.anchors:
+        try:
+            metrics["anchors"] = anchors_for(protocol, dataset, tokenizer, key, ctx, log=_console().print)
+            if curves is not None:
+                metrics["curve_anchors"] = curves.anchors()
+        except Exception as exc:  # noqa: BLE001 - anchors are context; the run's own numbers stand
+            metrics["anchors"] = {"unavailable": f"{type(exc).__name__}: {exc}"}
 
 
 def _heldout_tokens(tokenizer, dataset, key, ctx, labelled: bool, limit: int = 512):
@@ -550,18 +583,25 @@ def evaluate_run(run_dir: RunDir, *, protocol: str | None = None) -> dict[str, A
     if not run_dir.file("samples.npz").is_file():
         raise PipelineError(f"{run_dir.path} has no samples.npz; the run did not finish (see metrics.json)")
     from dlbench.safeload import CorruptFileError, np_load
+    from dlbench.train.calibration import protocol_with_tokens
 
     data = np_load(run_dir.file("samples.npz"), what="samples")
     if "images" not in data:
         raise CorruptFileError(f"{run_dir.file('samples.npz')}: samples file has no 'images' array")
     own = protocol is None
-    proto = _resolve_protocol(cfg) if own else resolve_protocol(protocol)
+    proto = _resolve_protocol(cfg) if own else protocol_with_tokens(resolve_protocol(protocol),
+                                                                    cfg.evaluation.token_metrics)
     n = proto.num_generated
     if len(data["images"]) < n:
         raise PipelineError(f"protocol {proto.name!r} needs {n} samples but {run_dir.path} has {len(data['images'])}; "
                             f"draw more with `dlbench sample {run_dir.path} --n {n}`")
     labels = torch.from_numpy(data["labels"][:n]) if "labels" in data else None
     ev = evaluate_samples(torch.from_numpy(data["images"][:n]), labels, proto, dataset, device=ctx.device)
+    if proto.token_metrics is not None or cfg.evaluation.anchors:  # the same calibration as the run itself
+        method, tokenizer, _, _, _ = load_trained_method(run_dir)
+        key = tokenizer_key(cfg, dataset)
+        conditional = labels is not None and method_labels(method, labels) is not None
+        _calibrate(ev, method, torch.from_numpy(data["tokens"]), tokenizer, dataset, key, proto, ctx, conditional, cfg)
     if own:
         from dlbench.safeload import CorruptFileError
 

@@ -13,7 +13,7 @@ import torch
 from einops import rearrange
 from pydantic import Field, field_validator
 
-from dlbench.interfaces import ComponentConfig, Method, MethodContext, MethodRequirements, SampleCallback
+from dlbench.interfaces import ComponentConfig, Method, MethodContext, MethodRequirements, NLLBound, SampleCallback
 from dlbench.nn.denoiser import build_denoiser, drop_labels
 from dlbench.registry import DlbenchError
 from dlbench.schedules.discrete import DISCRETE_SCHEDULES
@@ -55,6 +55,12 @@ class VQDiffusion(Method):
     Config: ClassVar[type[ComponentConfig]] = VQDiffusionConfig
     requires: ClassVar[MethodRequirements] = MethodRequirements(inputs="token_ids", conditioning="optional")
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below the class
+    #: `compare --tune-sampling` grid (METHODS.md B.6): truncation r, the purity sampler, guidance scale
+    sampler_grid: ClassVar[dict[str, list[Any]]] = {
+        "options.truncation": [0.86, 1.0],
+        "options.sampler": ["ancestral", "purity"],
+        "guidance": [1.0, 1.5],
+    }
 
     def __init__(self, config: VQDiffusionConfig, *, context: MethodContext):
         super().__init__()
@@ -194,6 +200,24 @@ class VQDiffusion(Method):
         """Network evaluations per sample: one per grid time, two with classifier-free guidance."""
         opts = SamplingOptions.model_validate(options)
         return len(self._times(opts, steps)) * (2 if abs(guidance - 1.0) > 1e-12 else 1)
+
+    def nll_bound(
+        self, tokens: torch.Tensor, labels: torch.Tensor | None, *, mc: int = 1, seed: int = 0
+    ) -> NLLBound:
+        """The VLB with every t (:mod:`dlbench_vqdiffusion.likelihood`), ``mc`` draws per grid, nats/token."""
+        from dlbench_vqdiffusion.likelihood import vlb_per_grid
+
+        self._check_tokens(tokens)
+        labels = self._check_labels(labels, tokens.shape[0])
+        was_training = self.training
+        self.eval()
+        try:
+            gen = torch.Generator().manual_seed(seed)
+            x0 = rearrange(tokens, "b h w -> b (h w)")
+            est = sum(vlb_per_grid(self.predict_x0, self.kernel, x0, labels, generator=gen) for _ in range(mc)) / mc
+        finally:
+            self.train(was_training)
+        return NLLBound.from_per_grid(est, f"vq-diffusion VLB, all {self.config.num_steps} t, {mc} draw(s)/grid")
 
     def diagnostics(self) -> dict[str, float]:
         p = self.time_sampler.probabilities()

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from dlbench.embeddings import EMBEDDINGS
-from dlbench.interfaces import ComponentConfig, Method, MethodContext, MethodRequirements, SampleCallback
+from dlbench.interfaces import ComponentConfig, Method, MethodContext, MethodRequirements, NLLBound, SampleCallback
 from dlbench.nn.denoiser import build_denoiser, drop_labels
 from dlbench.registry import DlbenchError
 from dlbench.schedules.continuous import CONTINUOUS_SCHEDULES
@@ -123,6 +123,8 @@ class VQLCMD(Method):
 
     Config = VQLCMDConfig
     requires: ClassVar[MethodRequirements] = MethodRequirements(inputs="embeddings", conditioning="optional")
+    #: `compare --tune-sampling` grid (METHODS.md §A.3): z0_hat softmax temperature, guidance scale
+    sampler_grid: ClassVar[dict[str, list[Any]]] = {"options.temperature": [0.7, 0.85, 1.0], "guidance": [1.0, 1.5]}
     presets: ClassVar[dict[str, dict[str, Any]]] = method_presets(VQLCMDConfig())
 
     def __init__(self, config: VQLCMDConfig | None = None, *, context: MethodContext):
@@ -378,6 +380,21 @@ class VQLCMD(Method):
         finally:
             self.train(was_training)
         return tokens
+
+    def nll_bound(self, tokens: torch.Tensor, labels: torch.Tensor | None, *, mc: int = 1, seed: int = 0) -> NLLBound:
+        """Continuous-time ELBO in nats/token; one draw = 8 log-SNR strata per grid (:mod:`.likelihood`)."""
+        from .likelihood import elbo_per_grid
+
+        was_training = self.training
+        self.eval()
+        try:
+            y = None if labels is None or self.num_classes is None else labels.to(tokens.device)
+            terms = elbo_per_grid(self._posterior(y, 1.0), self.embedding.weight(), self.schedule, tokens,
+                                  t_min=self.config.t_min, t_max=self.config.t_max, num_t=8 * mc,
+                                  generator=torch.Generator().manual_seed(seed))
+        finally:
+            self.train(was_training)
+        return NLLBound.from_per_grid(terms["total"], f"vq-lcmd continuous-time ELBO, {8 * mc} log-SNR strata/grid")
 
     # -- diagnostics ------------------------------------------------------------------------------
     def reference_sigma(self) -> float:
