@@ -23,6 +23,7 @@ def test_run_records_token_metrics_anchors_and_curves(registry, tmp_path):  # no
         assert key in m["metrics"], key
     assert "nll_bound" in m["unavailable"]  # the placeholder declares no bound
     assert m["protocol"]["token_metrics"]["smoothing"] == 0.5
+    assert "rows" in m["anchors"], m["anchors"]
     rows = m["anchors"]["rows"]
     assert set(rows) == {"real", "reconstruction", "class_marginals", "marginals"}
     assert rows["real"]["metrics"]["token_kl_pair"] == rows["reconstruction"]["metrics"]["token_kl_pair"]

@@ -101,6 +101,7 @@ def anchors_for(
     all_tokens, _ = tokenize_split(tokenizer, dataset, split, key, ctx)
     real_tokens = all_tokens[start:stop]
     train_tokens, train_labels = tokenize_split(tokenizer, dataset, "train", key, ctx)
+    train_tokens = train_tokens[:]  # the memory-mapped split as one long tensor (the marginals read all of it)
     labelled = bool(dataset.num_classes) and bool((train_labels >= 0).all())
     ref, ref_labels = reference_tokens(tokenizer, dataset, key, protocol, ctx)
     tm = protocol.token_metrics
