@@ -58,7 +58,9 @@ class TrainingConfig(Section):
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    #: "auto": bf16 autocast where the CPU/GPU computes bf16 natively, else fp32 (resolved at run time by
+    #: ``dlbench.train.dist.resolve_precision`` and recorded in the run's metadata)
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
     budget_images: int | None = Field(None, gt=0, description="stop after this many images seen")
     budget_minutes: float | None = Field(None, gt=0, description="stop after this wall-clock time")
     log_every: int = Field(50, gt=0)
@@ -73,14 +75,21 @@ class TrainingConfig(Section):
         return v
 
 
+class TokenizerTrainingConfig(TrainingConfig):
+    """A tokenizer's training: fp32 by default, whatever the machine (its cache key, and so the identity
+    of the shared tokenizer, must not depend on where it was trained)."""
+
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+
+
 class TokenizerRef(ComponentRef):
     """The tokenizer and how it is trained. Its seed is its own: runs that differ only in the
     generator's seed share one trained tokenizer (same harness across a multi-seed comparison)."""
 
     name: str = "vqvae"
     seed: int = Field(0, ge=0, description="tokenizer training seed (kept apart from the run seed)")
-    training: TrainingConfig = Field(
-        default_factory=lambda: TrainingConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100,
+    training: TokenizerTrainingConfig = Field(
+        default_factory=lambda: TokenizerTrainingConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100,
                                                ema_decay=0.0, grad_clip=None)
     )
 
@@ -98,6 +107,7 @@ class BackboneConfig(Section):
 
     preset: str = "tiny"
     params: dict[str, Any] = Field(default_factory=dict)
+    compile: bool = Field(False, description="torch.compile the denoiser (slow first steps; pays off on long runs)")
 
 
 class SamplingConfig(Section):
