@@ -36,7 +36,7 @@ MODELS = {
     "default (tiny w128 d4 h4)": {"preset": "tiny"},
     "w256 d8 h8": {"preset": "tiny", "width": 256, "depth": 8, "heads": 8},
 }
-METHODS = ("vq-diffusion", "vq-lcmd")
+METHODS = ("vq-diffusion", "vqlcmd")
 GRID, K, CLASSES = (8, 8), 256, 10
 
 

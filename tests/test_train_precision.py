@@ -61,3 +61,21 @@ def test_training_records_the_resolved_precision(tmp_path, monkeypatch):
     assert result.precision == "fp32"
     start = next(f for k, f in events if k == "train_start")
     assert start["precision"] == "fp32" and start["precision_requested"] == "auto"
+
+
+def test_backbone_compile_flag_compiles_every_denoiser_in_place(monkeypatch):
+    """`backbone.compile=true` calls nn.Module.compile on each TokenDenoiser (state_dict names unchanged)."""
+    from dlbench.interfaces import MethodContext
+    from dlbench.nn.denoiser import TokenDenoiser
+    from dlbench.plugins import get_registry
+    from dlbench.train.pipeline import compile_denoisers
+
+    calls = []
+    monkeypatch.setattr(TokenDenoiser, "compile", lambda self, **kw: calls.append(kw))
+    method = get_registry().get("method", "vqlcmd").build(
+        {}, context=MethodContext(codebook_size=8, token_grid=(2, 2), num_classes=None,
+                                  backbone={"preset": "tiny", "width": 32, "depth": 1, "heads": 2}))
+    keys = set(method.state_dict())
+    n = compile_denoisers(method)
+    assert n == len(calls) == 2  # the live denoiser and the EMA teacher's copy
+    assert set(method.state_dict()) == keys
