@@ -10,7 +10,9 @@ configs), in fp32 and bf16 autocast:
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, linear layers and
 ``scaled_dot_product_attention``, forward and backward; elementwise ops are not counted) on one step /
-one sampling call. The reference rate is a 2048x2048 matmul in the same process and dtype. Each figure
+one sampling call. Its table lacks the CPU flash-attention kernel
+(``_scaled_dot_product_flash_attention_for_cpu`` and its backward); they are registered here with
+torch's own SDPA formulas. The reference rate is a 2048x2048 matmul in the same process and dtype. Each figure
 is the median over ``--rounds`` interleaved rounds (fp32 and bf16 alternate), since the cores are shared.
 
     PYTHONPATH=.:plugins python benchmarks/bench_train_mfu.py [--record benchmarks/results/train_mfu.md]
@@ -68,6 +70,19 @@ def _data(batch: int):
     return torch.randint(0, K, (batch * 8, *GRID), generator=g), torch.randint(0, CLASSES, (batch * 8,), generator=g)
 
 
+def _register_cpu_sdpa() -> None:
+    """Count the CPU SDPA kernels with torch's own SDPA formulas (absent from FlopCounterMode's table)."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    pairs = (("_scaled_dot_product_flash_attention_for_cpu", aten._scaled_dot_product_flash_attention),
+             ("_scaled_dot_product_flash_attention_for_cpu_backward", aten._scaled_dot_product_flash_attention_backward))
+    for name, like in pairs:
+        op = getattr(aten, name, None)
+        if op is not None and op not in fc.flop_registry:
+            fc.flop_registry[op] = fc.flop_registry[like]
+
+
 def count_train_flops(method, batch: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -123,6 +138,7 @@ def main() -> None:
     ap.add_argument("--record", default=None, help="also write the report (markdown) to this path")
     args = ap.parse_args()
 
+    _register_cpu_sdpa()
     native = cpu_has_native_bf16()
     lines = [
         "# Train-step and sampling FLOP/s vs the matmul rate (CPU)", "",
