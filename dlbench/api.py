@@ -213,8 +213,12 @@ def run(
     with run_dir.locked(), run_dir.logging(lambda: open_loggers(config.loggers, run_dir.path, config.to_dict(),
                                                                 resume=resume is not None, registry=registry)):
         run_dir.write_json("config.json", config.to_dict())
+        from dlbench.train.dist import resolve_device, resolve_precision
+
+        # "auto" is resolved here from what this machine reports (the training loop decides the same way)
         meta = collect_meta(device=config.device, seeds={"train": config.seed, "sample": config.seed},
-                            precision=config.training.precision)
+                            precision=resolve_precision(config.training.precision, resolve_device(config.device)))
+        meta["precision_requested"] = config.training.precision
         meta["world_size"] = world
         if resume is not None:
             from dlbench.safeload import CorruptFileError

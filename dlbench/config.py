@@ -62,7 +62,9 @@ class TrainingConfig(Section):
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    #: "auto": bf16 autocast where the CPU/GPU computes bf16 natively, else fp32 (resolved at run time by
+    #: ``dlbench.train.dist.resolve_precision`` and recorded in the run's metadata)
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (same global batch, less memory)")
     budget_images: int | None = Field(None, gt=0, description="stop after this many images seen")
     budget_minutes: float | None = Field(None, gt=0, description="stop after this wall-clock time")
@@ -80,25 +82,23 @@ class TrainingConfig(Section):
         return v
 
 
+class TokenizerTrainingConfig(TrainingConfig):
+    """A tokenizer's training: fp32 by default, whatever the machine (its cache key, and so the identity
+    of the shared tokenizer, must not depend on where it was trained)."""
+
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+
+
 class TokenizerRef(ComponentRef):
     """The tokenizer and how it is trained. Its seed is its own: runs that differ only in the
     generator's seed share one trained tokenizer (same harness across a multi-seed comparison)."""
 
     name: str = "vqvae"
     seed: int = Field(0, ge=0, le=MAX_SEED, description="tokenizer training seed (kept apart from the run seed)")
-    training: TrainingConfig = Field(
-        default_factory=lambda: TrainingConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100,
-                                               ema_decay=0.0, grad_clip=None, precision="fp32")
+    training: TokenizerTrainingConfig = Field(
+        default_factory=lambda: TokenizerTrainingConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100,
+                                                        ema_decay=0.0, grad_clip=None, precision="fp32")
     )
-
-    @field_validator("training", mode="before")
-    @classmethod
-    def _fp32_unless_asked(cls, v: Any) -> Any:
-        # tokenizers train in fp32 unless a config says otherwise: the tokenizer's key (and the tokenizer
-        # shipped under it, dlbench.shipped) must not follow the precision generator training defaults to
-        if isinstance(v, dict) and "precision" not in v:
-            return {**v, "precision": "fp32"}
-        return v
 
 
 class DatasetRef(ComponentRef):
@@ -114,6 +114,7 @@ class BackboneConfig(Section):
 
     preset: str = "tiny"
     params: dict[str, Any] = Field(default_factory=dict)
+    compile: bool = Field(False, description="torch.compile the denoiser (slow first steps; pays off on long runs)")
 
 
 class SamplingConfig(Section):

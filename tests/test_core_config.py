@@ -106,7 +106,7 @@ def test_set_overrides_with_coercion_and_sugar(registry):
     ("training.steps=-5", "training.steps = -5: Input should be greater than 0"),
     ("method.w_cm=-1", "method.params.w_cm = -1: Input should be greater than or equal to 0"),
     ("method.nope=1", "method.params.nope = 1: Extra inputs are not permitted"),
-    ("training.precision=fp8", "training.precision = 'fp8': Input should be 'fp32' or 'bf16'"),
+    ("training.precision=fp8", "training.precision = 'fp8': Input should be 'fp32', 'bf16' or 'auto'"),
     ("trainin.lr=1", "unknown section 'trainin'"),
     ("training.lr", "expected KEY=VALUE"),
 ])

@@ -13,7 +13,8 @@ from dlbench.train.dist import gather_by_index, init_distributed
 from dlbench.train.loop import TensorBatches, train
 from dlbench.seeding import PerSampleRNG, sample_seeds, shard_indices
 
-CFG = dict(steps=3, batch_size=8, lr=1e-2, warmup_steps=0, ema_decay=0.5, log_every=1, checkpoint_every=2)
+CFG = dict(steps=3, batch_size=8, lr=1e-2, warmup_steps=0, ema_decay=0.5, log_every=1, checkpoint_every=2,
+           precision="fp32")
 
 
 def _model():

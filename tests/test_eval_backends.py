@@ -109,3 +109,23 @@ def test_mismatched_weights_are_refused():
     p = resolve_protocol("default", feature_extractor_sha256="2" * 64, num_generated=4)
     with pytest.raises(ProtocolError, match="not be comparable"):
         compute_backend_metrics(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, 3, 8, 8, dtype=torch.uint8), p, w)
+
+
+@pytest.mark.weights
+def test_fast_mode_reports_its_measured_deviation_and_features_events():
+    """bf16 (fast mode): FID close to exact mode's, and every FID it returns carries the deviation measured
+    on real (reference) images; each extraction emits a `features` event with images/s."""
+    gen, ref = _images()
+    w = resolve_inception_weights()
+    events = []
+    kw = dict(num_generated=N, num_reference=N, inception_metrics=("fid",))
+    exact, _ = compute_backend_metrics(gen, ref, resolve_protocol("default", **kw), w)
+    fast, _ = compute_backend_metrics(gen, ref, resolve_protocol("default", precision="bf16", **kw), w,
+                                      events=lambda kind, **f: events.append((kind, f)))
+    assert "fid_bf16_deviation_rel" not in exact
+    assert fast["fid"] == pytest.approx(exact["fid"], rel=0.05) and fast["fid"] != exact["fid"]
+    assert 0 <= fast["fid_bf16_deviation_rel"] < 0.05 and fast["fid_bf16_deviation_abs"] >= 0
+    kinds = [(k, f["input"], f["mode"]) for k, f in events]
+    assert ("features", "generated", "bf16") in kinds and ("features", "reference", "bf16") in kinds
+    assert ("features", "bf16-deviation-check/exact", "exact") in kinds
+    assert all(f["images_per_s"] > 0 and f["n"] > 0 for _, f in events)

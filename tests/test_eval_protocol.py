@@ -54,3 +54,22 @@ def test_resolve_fills_weights_sha(monkeypatch):
     monkeypatch.setattr(inception, "resolve_inception_weights", lambda: W())
     assert resolve_protocol("default").feature_extractor_sha256 == "ab" * 32
     assert resolve_protocol("quick").feature_extractor_sha256 is None  # no Inception in quick
+
+
+def _pinned(**kw):
+    base = dict(name="default", backend="torch-fidelity", backend_version="0.4.0", feature_extractor_sha256="0" * 64,
+                num_generated=2000, num_reference=2000, reference_split="test")
+    return EvalProtocol(**{**base, **kw})
+
+
+def test_exact_mode_hash_is_unchanged_and_fast_mode_is_part_of_it():
+    """Old runs stay comparable: the fp32 (exact feature mode) hash is the one computed before the fast
+    mode existed; bf16 (fast mode) is a different protocol and a different reference-feature key."""
+    exact = _pinned()
+    assert exact.hash() == "244be81a0ea7b4f15d2187b7f616929fbc121e9f43955803060bcb7f01779ab0"
+    assert exact.reference_key() == "499eabd3eb5b2076"
+    fast = _pinned(precision="bf16")
+    assert fast.hash() != exact.hash() and fast.reference_key() != exact.reference_key()
+    assert exact.diff(fast) == {"precision": ("fp32", "bf16")}
+    with pytest.raises(ValueError, match="torch-fidelity"):
+        _pinned(precision="bf16", backend="clean-fid", resize="pil-bicubic-299", inception_metrics=("fid",))

@@ -138,3 +138,31 @@ def test_presets_and_validation():
         resolve_backbone("tiny", widht=3)
     net = build_denoiser({"preset": "tiny", "depth": 1}, grid=(2, 2), out_dim=2, input="tokens", vocab_size=3)
     assert len(net.blocks) == 1 and net.config.width == 128
+
+
+def test_sdpa_attention_equals_explicit_softmax_attention_in_float64():
+    """Attention uses F.scaled_dot_product_attention; it equals softmax(q k^T / sqrt(e)) v per head (float64)."""
+    from einops import rearrange
+
+    from dlbench.nn.denoiser import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4, dropout=0.0).double().eval()
+    x = torch.randn(3, 10, 32, dtype=torch.float64)
+    q, k, v = rearrange(attn.qkv(x), "b n (three h e) -> three b h n e", three=3, h=4)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5), dim=-1)
+    ref = attn.proj(rearrange(weights @ v, "b h n e -> b n (h e)"))
+    assert torch.allclose(attn(x), ref, atol=1e-12, rtol=0)
+
+
+def test_denoiser_returns_float32_under_bf16_autocast():
+    """Losses and samplers downstream stay in fp32 when the network runs in bf16."""
+    torch.manual_seed(0)
+    net = build_denoiser(resolve_backbone("tiny", width=32, depth=1, heads=2), grid=(2, 2), out_dim=5,
+                         input="tokens", vocab_size=6, num_classes=3)
+    _randomize_zero_inits(net)
+    x, t, y = torch.randint(0, 6, (2, 2, 2)), torch.rand(2), torch.tensor([0, 3])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, t, y)
+    ref = net(x, t, y)
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=0.05, rtol=0.05)

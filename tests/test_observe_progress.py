@@ -155,22 +155,28 @@ def test_format_duration_and_values():
     assert progress.format_value(0.5) == "0.5000" and progress.format_value(1e-6) == "1.000e-06"
 
 
-def test_inception_feature_extraction_reports_the_items_the_backend_reads(clock, stderr):
+def test_inception_feature_extraction_reports_progress_and_rate(clock, stderr):
     import torch
 
-    from dlbench.eval.backends import Uint8ImageDataset, _WithProgress
+    from dlbench.eval.backends import extract_inception_features
+
+    class StubNet(torch.nn.Module):  # the FidInception call signature; features are irrelevant here
+        mode = "exact"
+
+        def forward(self, x, logits=False):
+            clock.t += 1
+            return torch.zeros(len(x), 2048), None
 
     progress.configure(interval=0)
-    images = torch.zeros(5, 1, 8, 8, dtype=torch.uint8)
-    cached = _WithProgress(Uint8ImageDataset(images), "inception_features/reference")
-    read = _WithProgress(Uint8ImageDataset(images), "inception_features/generated")
-    for i in range(len(read)):  # what torch-fidelity's DataLoader does (num_workers=0)
-        clock.t += 1
-        assert read[i].shape == (3, 8, 8)
-    cached.bar.close()  # never read: its features came from the cache
-    out = lines(stderr)
-    assert all("[inception_features/generated]" in x for x in out)
-    assert "start: 0/5 images" in out[0] and "ETA 0:00:00" in out[-2] and "done: 5/5 images" in out[-1]
+    events = []
+    images = torch.zeros(5, 3, 8, 8, dtype=torch.uint8)
+    out = extract_inception_features(images, StubNet(), batch_size=2, label="generated",
+                                     events=lambda kind, **f: events.append((kind, f)))
+    assert out["2048"].shape == (5, 2048)
+    text = lines(stderr)
+    assert all("[inception_features/generated]" in x for x in text)
+    assert "start: 0/5 images" in text[0] and "ETA" in text[-2] and "done: 5/5 images" in text[-1]
+    assert events[0][0] == "features" and events[0][1]["n"] == 5 and events[0][1]["images_per_s"] > 0
 
 
 def test_domain_classifier_training_and_features_report_progress(clock, stderr, tmp_path, monkeypatch):

@@ -199,11 +199,17 @@ def test_installed_artefacts_are_the_shipped_ones_in_their_consumers_layout(quic
     assert cinfo["source"] == "shipped" and cinfo["key"] == e["domain-classifier"]["key"]
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
 
-    root = tmp_path / "cache" / "torch-fidelity"
-    assert shipped.install_reference_features("feedfacefeedface", root, "dlbench-ref-x")
-    got = torch.load(shipped.torch_fidelity_feature_file(root, "dlbench-ref-x"), weights_only=True)
-    assert got.dtype == torch.float32 and torch.equal(got, quick_shipped["features"])
-    assert not shipped.install_reference_features("feedfacefeedface", root, "dlbench-ref-x")  # already there
+    from dlbench.eval.backends import reference_feature_file
+
+    os.environ["DLBENCH_CACHE"], saved = str(tmp_path / "cache"), os.environ["DLBENCH_CACHE"]
+    try:
+        assert shipped.install_reference_features("feedfacefeedface", "dlbench-ref-x")
+        with np.load(reference_feature_file("dlbench-ref-x"), allow_pickle=False) as data:
+            got = torch.from_numpy(data["2048"])
+        assert got.dtype == torch.float32 and torch.equal(got, quick_shipped["features"])
+        assert not shipped.install_reference_features("feedfacefeedface", "dlbench-ref-x")  # already there
+    finally:
+        os.environ["DLBENCH_CACHE"] = saved
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -214,7 +220,7 @@ def test_tampered_file_is_refused_naming_it(quick_shipped, tmp_path, kind):
     install = {
         "tokenizer": lambda: shipped.install_tokenizer(entry["key"], tmp_path / "tok"),
         "domain-classifier": lambda: shipped.install_domain_classifier(entry["key"], tmp_path / "clf.pt"),
-        "reference-features": lambda: shipped.install_reference_features(entry["key"], tmp_path / "tf", "ref"),
+        "reference-features": lambda: shipped.install_reference_features(entry["key"], f"ref-{tmp_path.name}"),
     }[kind]
     with pytest.raises(shipped.ShippedArtifactError) as err:
         install()
@@ -296,8 +302,7 @@ def test_torch_fidelity_reads_the_installed_reference_features(quick_shipped, tm
     protocol = bind_reference(resolve_protocol("default", inception_metrics=("fid",), num_generated=8,
                                                num_reference=50), ds)
     name = f"dlbench-ref-{protocol.reference_key()}"
-    root = tmp_path / "cache" / "torch-fidelity"  # where compute_backend_metrics points torch-fidelity
-    assert shipped.install_reference_features("feedfacefeedface", root, name)
+    assert shipped.install_reference_features("feedfacefeedface", name)  # into DLBENCH_CACHE (tmp_path)
     gen = torch.stack([torch.as_tensor(ds.split("test")[i][0]) for i in range(8)]).expand(-1, 3, -1, -1).contiguous()
     metrics, _ = compute_backend_metrics(gen, _Untouchable(50), protocol, weights, reference_cache_name=name)
     assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0

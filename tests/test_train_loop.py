@@ -33,7 +33,7 @@ def _data():
 
 def _cfg(**kw):
     base = dict(steps=8, batch_size=6, lr=1e-2, warmup_steps=3, ema_decay=0.9, log_every=2,
-                checkpoint_every=4, weight_decay=0.01, grad_clip=1.0)
+                checkpoint_every=4, weight_decay=0.01, grad_clip=1.0, precision="fp32")
     return TrainingConfig(**{**base, **kw})
 
 

@@ -83,11 +83,13 @@ def evaluate_samples(
     train_split: str = "train",
     batch_size: int = 64,
     domain_config: DomainClassifierConfig | None = None,
+    events: Any = None,
 ) -> dict[str, Any]:
     """Metrics of generated ``images`` (uint8 ``"n c H W"``, or float in [-1, 1]) under ``protocol``.
 
     Returns ``{"protocol_hash", "protocol", "metrics": {name: value}, "n", "unavailable":
-    {name: reason}, "details"}``. The domain classifier trains on ``train_split``.
+    {name: reason}, "details"}``. The domain classifier trains on ``train_split``. ``events(kind, **fields)``
+    (e.g. ``RunDir.event``) receives a ``features`` record (images/s) per Inception feature extraction.
     """
     images = quantize_uint8(images)
     if images.dim() != 4 or images.shape[1] != reference.channels:
@@ -114,10 +116,10 @@ def evaluate_samples(
         ref = Uint8ImageDataset(reference.split(protocol.reference_split), protocol.num_reference)
         cache_name = f"dlbench-ref-{protocol.reference_key()}"
         if protocol.backend == "torch-fidelity":  # shipped features of this exact reference key, if any
-            install_reference_features(protocol.reference_key(), cache_dir() / "torch-fidelity", cache_name)
+            install_reference_features(protocol.reference_key(), cache_name)
         m, u = compute_backend_metrics(
             to_uint8_rgb(images), ref, protocol, weights,
-            reference_cache_name=cache_name, device=device, batch_size=batch_size,
+            reference_cache_name=cache_name, device=device, batch_size=batch_size, events=events,
         )
         metrics.update(m)
         unavailable.update(u)

@@ -75,7 +75,10 @@ class EvalProtocol(BaseModel):
     kid_seed: int = Field(default=2020, ge=0, lt=2**32, description="numpy seeds are 32-bit")
     prc_neighborhood: int = Field(default=3, gt=0)
     sampling: dict[str, Any] = Field(default_factory=dict, description="steps, guidance, truncation, ...")
-    precision: Literal["fp32", "fp64"] = "fp32"
+    #: Inception feature precision. fp32 is the exact mode (torch-fidelity's numbers); bf16 is the fast
+    #: mode (convolutions in bfloat16), whose FID deviation from exact mode is measured on real images and
+    #: reported next to every number (``fid_bf16_deviation``); fp64 is torch-fidelity's float64 extractor
+    precision: Literal["fp32", "fp64", "bf16"] = "fp32"
     domain_metrics: bool = True
     domain_classifier: str = "v1"
     #: token-level metrics (unigram / neighbour-pair KL, NLL bound); None = not computed. Left out of the
@@ -91,6 +94,8 @@ class EvalProtocol(BaseModel):
             raise ValueError(
                 f"backend 'clean-fid' computes fid and kid only, not {sorted(set(self.inception_metrics) - {'fid', 'kid'})}"
             )
+        if self.precision == "bf16" and self.backend != "torch-fidelity":
+            raise ValueError("precision 'bf16' (fast feature mode) is implemented for backend 'torch-fidelity' only")
         if not self.inception_metrics and not self.domain_metrics and self.token_metrics is None:
             raise ValueError("protocol computes nothing: no inception_metrics, domain_metrics=False, no token_metrics")
         return self

@@ -273,7 +273,8 @@ class TokenDenoiser(nn.Module):
         z = tokens + self.pos_embed
         for block in self.blocks:
             z = block(z, c)
-        return rearrange(self.final(z, c), "b (h w) o -> b h w o", h=h, w=w)
+        # float32 out even under bf16 autocast: losses and samplers (log-softmax, Gumbel) stay in fp32
+        return rearrange(self.final(z, c), "b (h w) o -> b h w o", h=h, w=w).float()
 
 
 def _validate(

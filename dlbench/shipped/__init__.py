@@ -52,7 +52,6 @@ __all__ = [
     "install_tokenizer",
     "install_domain_classifier",
     "install_reference_features",
-    "torch_fidelity_feature_file",
     "safetensors_bytes",
     "write_artifact",
     "write_manifest",
@@ -203,34 +202,29 @@ def install_domain_classifier(key: str, path: str | os.PathLike, directory: str 
     return True
 
 
-def torch_fidelity_feature_file(cache_root: str | os.PathLike, cache_name: str, layer: str = "2048") -> Path:
-    """Where ``torch_fidelity.calculate_metrics(..., input2_cache_name=cache_name, cache_root=...)`` keeps
-    the features of its second input (``utils.extract_featuresdict_from_input_id_cached``, 0.3-0.4)."""
-    return Path(cache_root) / f"{cache_name}-inception-v3-compat-features-{layer}.pt"
-
-
-def install_reference_features(
-    reference_key: str, cache_root: str | os.PathLike, cache_name: str, directory: str | os.PathLike | None = None
-) -> bool:
-    """Install the shipped Inception features of the reference set with ``reference_key`` where
-    torch-fidelity looks for them (a float32 ``"n 2048"`` tensor, as it stores them). Returns False when
-    the file is already there or nothing with that key ships."""
+def install_reference_features(reference_key: str, cache_name: str, directory: str | os.PathLike | None = None) -> bool:
+    """Install the shipped Inception features of the reference set with ``reference_key`` where the
+    torch-fidelity backend caches them (:func:`dlbench.eval.backends.reference_feature_file`: an ``.npz``
+    holding ``"2048": float32 "n 2048"``, read without pickle). Returns False when the file is already there
+    or nothing with that key ships."""
     import numpy as np
-    import torch
 
-    from dlbench.runs import atomic_write_bytes
+    from dlbench.eval.backends import reference_feature_file
 
-    target = torch_fidelity_feature_file(cache_root, cache_name)
+    target = reference_feature_file(cache_name)
     if target.is_file():
         return False
     entry = find("reference-features", reference_key, directory)
     if entry is None:
         return False
     with np.load(verified_path(entry, directory), allow_pickle=False) as data:
-        feats = torch.from_numpy(np.ascontiguousarray(data["features"]))
-    if tuple(feats.shape) != tuple(entry["shape"]) or feats.dtype != torch.float32:
+        feats = np.ascontiguousarray(data["features"])
+    if tuple(feats.shape) != tuple(entry["shape"]) or feats.dtype != np.float32:
         raise ShippedArtifactError(
             f"shipped reference-features {entry['file']}: {tuple(feats.shape)} {feats.dtype}, manifest says {entry['shape']}"
         )
-    atomic_write_bytes(target, _torch_save_bytes(feats))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **{"2048": feats})
+    os.replace(tmp, target)
     return True

@@ -152,3 +152,17 @@ def bf16_warning(device: torch.device, cpuinfo: str | os.PathLike = "/proc/cpuin
                 "much slower than fp32 here (13x in benchmarks/results/train_precision.md); "
                 "use --precision fp32 (or --set training.precision=fp32)")
     return None
+
+
+def resolve_precision(precision: str, device: torch.device | str, cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """``"auto"`` -> ``"bf16"`` where the hardware computes bf16 natively (a CUDA GPU that supports it,
+    or an x86 CPU whose flags list ``avx512_bf16`` or ``amx_bf16``), else ``"fp32"``; ``"fp32"`` and
+    ``"bf16"`` pass through. Decided at run time from what the machine reports; the run records the result."""
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16(cpuinfo) is True else "fp32"
+    return "fp32"

@@ -34,7 +34,7 @@ from dlbench.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from dlbench.train.dist import DistContext, bf16_warning, wrap_ddp
+from dlbench.train.dist import DistContext, bf16_warning, resolve_precision, wrap_ddp
 
 LossFn = Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 EventFn = Callable[..., None]  # like RunDir.event(kind, **fields)
@@ -198,7 +198,8 @@ def train(
     emit = events if (events is not None and ctx.is_main) else (lambda *a, **k: None)
     record = config_record or {}
     record_hash = _hash(record)
-    precision = getattr(config, "precision", "fp32")
+    requested_precision = getattr(config, "precision", "fp32")
+    precision = resolve_precision(requested_precision, device)  # "auto" -> what this machine runs natively
     optimizer = make_optimizer(model, config.lr, config.betas, config.weight_decay)
     ema = EMA(model) if config.ema_decay > 0 else None
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -246,7 +247,7 @@ def train(
     last_terms: dict[str, float] = {}
     last_good = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
     saved_step = resumed_from  # step of the newest checkpoint this run wrote or resumed from, alike on every rank
-    emit(f"{stage}_start", step=step, precision=precision, world_size=ctx.world_size, device=str(device),
+    emit(f"{stage}_start", step=step, precision=precision, precision_requested=requested_precision, world_size=ctx.world_size, device=str(device),
          config_hash=record_hash)
 
     def stop_reason() -> str | None:

@@ -266,7 +266,21 @@ def build_method(cfg: Any, tokenizer: Tokenizer, dataset: ImageDataset, grid: tu
         backbone={"preset": cfg.backbone.preset, **cfg.backbone.params},
     )
     torch.manual_seed(cfg.seed)  # method init is a function of the run seed
-    return spec.build(cfg.method.params, context=context)
+    method = spec.build(cfg.method.params, context=context)
+    if getattr(cfg.backbone, "compile", False):
+        compile_denoisers(method)
+    return method
+
+
+def compile_denoisers(method: nn.Module) -> int:
+    """``torch.compile`` every :class:`TokenDenoiser` inside ``method`` in place (``nn.Module.compile``:
+    parameter names, hence checkpoints, are unchanged). Returns how many were compiled."""
+    from dlbench.nn.denoiser import TokenDenoiser
+
+    found = [m for m in method.modules() if isinstance(m, TokenDenoiser)]
+    for m in found:
+        m.compile(dynamic=False)
+    return len(found)
 
 
 def method_labels(method: Method, labels: torch.Tensor) -> torch.Tensor | None:
@@ -285,10 +299,11 @@ def sample_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
 @torch.no_grad()
 def sample_tokens(
     method: Method, n: int, *, seed: int, labels: torch.Tensor | None, batch_size: int, steps: int | None,
-    guidance: float, options: dict[str, Any], ctx: DistContext, events=None,
+    guidance: float, options: dict[str, Any], ctx: DistContext, events=None, precision: str = "fp32",
 ) -> torch.Tensor:
     """``"n h w"`` tokens for sample indices ``0..n-1``, each from its own seed; sharded over ranks and
-    batched, with results independent of both (:mod:`dlbench.seeding`)."""
+    batched, with results independent of both (:mod:`dlbench.seeding`). ``precision="bf16"`` runs the
+    network under bf16 autocast (the denoiser returns float32 logits, so the sampler's math stays fp32)."""
     from dlbench.observe.progress import task
 
     method.eval()
@@ -298,8 +313,9 @@ def sample_tokens(
         for start in range(0, len(mine), batch_size):
             idx = mine[start : start + batch_size]
             lab = labels[idx].to(ctx.device) if labels is not None else None
-            toks = method.sample(lab, sample_seeds(seed, idx).to(ctx.device), num_samples=len(idx), steps=steps,
-                                 guidance=guidance, **options)
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                toks = method.sample(lab, sample_seeds(seed, idx).to(ctx.device), num_samples=len(idx),
+                                     steps=steps, guidance=guidance, **options)
             out.append(toks.cpu())
             bar.update(start + len(idx))
             if events is not None:
@@ -418,11 +434,11 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
     s_labels = sample_labels(s.num_samples, num_classes)
     tokens = sample_tokens(generator, s.num_samples, seed=s.seed, labels=s_labels, batch_size=s.batch_size,
                            steps=s.steps, guidance=s.guidance, options=s.options, ctx=ctx,
-                           events=emit if ctx.is_main else None)
+                           events=emit if ctx.is_main else None, precision=result.precision)
     metrics: dict[str, Any] = {
         "status": "ok",
         "training": result.record(),
-        "engine": _engine_record(result.precision, ctx),
+        "engine": {**_engine_record(result.precision, ctx), "precision_requested": cfg.training.precision},
         "tokenizer": {"key": key, "name": cfg.tokenizer.name, "training": tok_info.get("training"),
                       "source": tok_info.get("source", "trained")},
         "sampling": {"num_samples": s.num_samples, "steps": s.steps, "guidance": s.guidance,
@@ -444,7 +460,7 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
         n = protocol.num_generated
         with task("evaluate", None, "", info=f"protocol {protocol.name}, {n} samples"):
             ev = evaluate_samples(images[:n], s_labels[:n] if s_labels is not None else None, protocol, dataset,
-                                  device=ctx.device)
+                                  device=ctx.device, events=emit)
         metrics.update(ev)
         _calibrate(metrics, generator, tokens, tokenizer, dataset, key, protocol, ctx, labels is not None, cfg,
                    curves)
@@ -628,10 +644,13 @@ def sample_run(run_dir: RunDir, *, n: int = 64, steps: int | None = None, guidan
     method, tokenizer, cfg, dataset, ctx = load_trained_method(run_dir)
     num_classes = dataset.num_classes if method_labels(method, torch.zeros(1, dtype=torch.long)) is not None else None
     labels = sample_labels(n, num_classes)
+    from dlbench.train.dist import resolve_precision
+
     tokens = sample_tokens(method, n, seed=seed, labels=labels, batch_size=cfg.sampling.batch_size,
                            steps=steps if steps is not None else cfg.sampling.steps,
                            guidance=guidance if guidance is not None else cfg.sampling.guidance,
-                           options=cfg.sampling.options, ctx=ctx)
+                           options=cfg.sampling.options, ctx=ctx,
+                           precision=resolve_precision(cfg.training.precision, ctx.device))
     images = decode_tokens(tokenizer, tokens, ctx.device)
     out = Path(output) if output is not None else run_dir.file(f"sample-seed{seed}")
     out = out.with_suffix("")

@@ -1,0 +1,196 @@
+"""Achieved FLOP/s of a full method train step and of a sampling call, vs this process's matmul rate.
+
+For the default backbone (``tiny``: width 128, depth 4, 4 heads) and a width-256 depth-8 model (8 heads),
+at batch 64 over 8x8 tokens (codebook 256, 10 classes), for VQ-Diffusion and VQ-LCMD (their default
+configs), in fp32 and bf16 autocast:
+
+- **train step**: the real training loop (``dlbench.train.loop.train``: forward, backward, grad clip,
+  AdamW, EMA, the method's own per-step hook), timed per step over ``--steps`` steps after warm-up;
+- **sampling**: ``method.sample`` of 64 samples with ``--sample-steps`` steps, under autocast in bf16.
+
+FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, linear layers and
+``scaled_dot_product_attention``, forward and backward; elementwise ops are not counted) on one step /
+one sampling call. Its table lacks the CPU flash-attention kernel
+(``_scaled_dot_product_flash_attention_for_cpu`` and its backward); they are registered here with
+torch's own SDPA formulas. The reference rate is a 2048x2048 matmul in the same process and dtype. Each figure
+is the median over ``--rounds`` interleaved rounds (fp32 and bf16 alternate), since the cores are shared.
+
+    PYTHONPATH=.:plugins python benchmarks/bench_train_mfu.py [--record benchmarks/results/train_mfu.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from _machine import machine_line, print_and_record  # noqa: E402
+
+from dlbench.config import TrainingConfig
+from dlbench.interfaces import MethodContext
+from dlbench.plugins import get_registry
+from dlbench.train.dist import cpu_has_native_bf16, resolve_precision
+from dlbench.train.loop import TensorBatches, train
+
+MODELS = {
+    "default (tiny w128 d4 h4)": {"preset": "tiny"},
+    "w256 d8 h8": {"preset": "tiny", "width": 256, "depth": 8, "heads": 8},
+}
+METHODS = ("vq-diffusion", "vqlcmd")
+GRID, K, CLASSES = (8, 8), 256, 10
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 6) -> float:
+    """GFLOP/s of an ``n x n`` matmul (best of ``reps``)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def build(method: str, backbone: dict):
+    torch.manual_seed(0)
+    spec = get_registry().get("method", method)
+    ctx = MethodContext(codebook_size=K, token_grid=GRID, num_classes=CLASSES, backbone=backbone)
+    return spec.build({}, context=ctx)
+
+
+def _loss(model, batch):
+    return model.loss(batch[0], batch[1])
+
+
+def _data(batch: int):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, K, (batch * 8, *GRID), generator=g), torch.randint(0, CLASSES, (batch * 8,), generator=g)
+
+
+def _register_cpu_sdpa() -> None:
+    """Count the CPU SDPA kernels with torch's own SDPA formulas (absent from FlopCounterMode's table)."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    pairs = (("_scaled_dot_product_flash_attention_for_cpu", aten._scaled_dot_product_flash_attention),
+             ("_scaled_dot_product_flash_attention_for_cpu_backward", aten._scaled_dot_product_flash_attention_backward))
+    for name, like in pairs:
+        op = getattr(aten, name, None)
+        if op is not None and op not in fc.flop_registry:
+            fc.flop_registry[op] = fc.flop_registry[like]
+
+
+def count_train_flops(method, batch: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tokens, labels = (t[:batch] for t in _data(batch))
+    method.train()
+    with FlopCounterMode(display=False) as fc:
+        loss, _ = method.loss(tokens, labels)
+        loss.backward()
+    method.zero_grad(set_to_none=True)
+    return float(fc.get_total_flops())
+
+
+def count_sample_flops(method, n: int, steps: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    method.eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        method.sample(torch.arange(n) % CLASSES, torch.arange(n), num_samples=n, steps=steps)
+    return float(fc.get_total_flops())
+
+
+def time_train_step(method, precision: str, batch: int, steps: int, warmup: int) -> float:
+    """Seconds per step of the real training loop."""
+    cfg = dict(batch_size=batch, lr=1e-4, warmup_steps=0, ema_decay=0.999, precision=precision,
+               log_every=10**6, checkpoint_every=10**6)
+    data = _data(batch)
+    train(method, _loss, TensorBatches(*data, batch_size=batch, seed=0), TrainingConfig(steps=warmup, **cfg),
+          show_progress=False)
+    t = time.perf_counter()
+    train(method, _loss, TensorBatches(*data, batch_size=batch, seed=1), TrainingConfig(steps=steps, **cfg),
+          show_progress=False)
+    return (time.perf_counter() - t) / steps
+
+
+def time_sample(method, precision: str, n: int, steps: int) -> float:
+    method.eval()
+    labels, seeds = torch.arange(n) % CLASSES, torch.arange(n)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        method.sample(labels[:2], seeds[:2], num_samples=2, steps=1)  # warm-up
+        t = time.perf_counter()
+        method.sample(labels, seeds, num_samples=n, steps=steps)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=3, help="timed train steps per round")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--sample-steps", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--record", default=None, help="also write the report (markdown) to this path")
+    args = ap.parse_args()
+
+    _register_cpu_sdpa()
+    native = cpu_has_native_bf16()
+    lines = [
+        "# Train-step and sampling FLOP/s vs the matmul rate (CPU)", "",
+        f"- {machine_line()}",
+        f"- native bf16 (avx512_bf16/amx_bf16 in /proc/cpuinfo): {native}; precision 'auto' resolves to "
+        f"**{resolve_precision('auto', 'cpu')}** here",
+        f"- batch {args.batch}, {GRID[0]}x{GRID[1]} tokens, codebook {K}, {CLASSES} classes; {args.steps} timed steps "
+        f"after {args.warmup} warm-up per round; sampling {args.batch} samples x {args.sample_steps} steps; "
+        f"median of {args.rounds} interleaved rounds (fp32/bf16 alternate)",
+        "- FLOPs: torch.utils.flop_counter.FlopCounterMode (matmul/linear/SDPA, forward + backward; "
+        "elementwise ops not counted) on one step / one sampling call",
+        "- other processes were running on the same cores (shared machine): absolute rates are contended; "
+        "compare the fractions and ratios, which are measured in one process, interleaved",
+        "",
+    ]
+    precisions = ("fp32", "bf16")
+    peak: dict[str, list[float]] = {p: [] for p in precisions}
+    rows = []
+    for model_name in args.models:
+        backbone = MODELS[model_name]
+        for method_name in METHODS:
+            method = build(method_name, backbone)
+            train_flops = count_train_flops(method, args.batch)
+            sample_flops = count_sample_flops(method, args.batch, args.sample_steps)
+            step_s: dict[str, list[float]] = {p: [] for p in precisions}
+            samp_s: dict[str, list[float]] = {p: [] for p in precisions}
+            for _ in range(args.rounds):
+                for p in precisions:
+                    peak[p].append(matmul_rate(torch.float32 if p == "fp32" else torch.bfloat16))
+                    step_s[p].append(time_train_step(method, p, args.batch, args.steps, args.warmup))
+                    samp_s[p].append(time_sample(method, p, args.batch, args.sample_steps))
+            rows.append((model_name, method_name, train_flops, sample_flops,
+                         {p: statistics.median(v) for p, v in step_s.items()},
+                         {p: statistics.median(v) for p, v in samp_s.items()},
+                         sum(q.numel() for q in method.parameters() if q.requires_grad)))
+            print(f"done: {model_name} {method_name}", flush=True)
+    rate = {p: statistics.median(v) for p, v in peak.items()}
+    lines += [f"matmul 2048x2048 (median over the run): fp32 **{rate['fp32']:.1f}** GFLOP/s, "
+              f"bf16 **{rate['bf16']:.1f}** GFLOP/s (bf16/fp32 {rate['bf16'] / rate['fp32']:.2f}x)", ""]
+    lines += ["| model | method | params | what | GFLOP per call | fp32 GFLOP/s (% of fp32 matmul) | "
+              "bf16 GFLOP/s (% of bf16 matmul) | bf16 speed-up |", "|---|---|---|---|---|---|---|---|"]
+    for model_name, method_name, tf, sf, st, ss, params in rows:
+        for what, flops, secs in (("train step", tf, st), ("sampling", sf, ss)):
+            g = {p: flops / secs[p] / 1e9 for p in precisions}
+            lines.append(
+                f"| {model_name} | {method_name} | {params / 1e6:.2f}M | {what} | {flops / 1e9:.1f} | "
+                f"{g['fp32']:.1f} ({100 * g['fp32'] / rate['fp32']:.0f} %) | "
+                f"{g['bf16']:.1f} ({100 * g['bf16'] / rate['bf16']:.0f} %) | {secs['fp32'] / secs['bf16']:.2f}x |"
+            )
+    lines.append("")
+    print_and_record(lines, args.record)
+
+
+if __name__ == "__main__":
+    main()
