@@ -238,8 +238,10 @@ def bf16_fid_deviation(
     n = min(n, len(ref)) // 2 * 2
     if n < 4:
         raise ProtocolError(f"measuring the bf16 FID deviation needs at least 4 reference images, got {len(ref)}")
+    from dlbench.train.dist import cpu_name
+
     device = torch.device(device)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     key_src = {"cache_name": cache_name, "weights": weights.sha256, "machine": machine, "torch": torch.__version__,
                "n": n, "python": platform.python_version()}
     path = None
@@ -266,19 +268,6 @@ def bf16_fid_deviation(
         tmp.write_text(json.dumps(out, indent=2))
         os.replace(tmp, path)
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def torch_fidelity_metrics(

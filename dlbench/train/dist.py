@@ -124,6 +124,21 @@ def gather_by_index(values: torch.Tensor, indices: torch.Tensor, n: int, ctx: Di
     return out
 
 
+def cpu_name(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (else what :mod:`platform` says); recorded with
+    benchmarks and with machine-specific caches such as the bf16 FID deviation."""
+    try:
+        with open(cpuinfo) as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | None:
     """Whether this x86 CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16`` in its flags);
     ``None`` when that cannot be told (no ``/proc/cpuinfo``, or a non-x86 CPU).
