@@ -51,7 +51,7 @@ class VQVAEConfig(ComponentConfig):
     beta: float = Field(0.25, ge=0)
     ema_decay: float = Field(0.99, ge=0, lt=1)
     ema_eps: float = Field(1e-5, gt=0)
-    restart_every: int = Field(250, ge=1)
+    restart_every: int = Field(250, ge=0, description="steps between dead-code restarts; 0 turns them off")
     restart_threshold: float = Field(1.0, ge=0)
     recon_loss: Literal["l1", "mse"] = "mse"
 
