@@ -20,7 +20,7 @@ from dlbench.eval.anchors import (
 )
 from dlbench.eval.token_metrics import token_metrics
 from dlbench.interfaces import ImageDataset, Method, Tokenizer
-from dlbench.train.dist import DistContext
+from dlbench.train.dist import DistContext, rank_local
 
 
 def protocol_with_tokens(protocol: Any, settings: dict[str, Any] | None) -> Any:
@@ -190,7 +190,10 @@ class CurveRecorder:
 
     def __init__(self, *, cfg: Any, protocol: Any, dataset: ImageDataset, tokenizer: Tokenizer, key: str,
                  ctx: DistContext, emit: Callable[..., None], num_classes: int | None, training: Any):
-        self.cfg, self.dataset, self.tokenizer, self.key, self.ctx, self.emit = cfg, dataset, tokenizer, key, ctx, emit
+        self.cfg, self.dataset, self.tokenizer, self.key, self.emit = cfg, dataset, tokenizer, key, emit
+        # curve points run on rank 0 alone while the other ranks train: nothing in them may enter a
+        # collective (sharded sampling, the token cache's barriers), so they see a one-process context
+        self.ctx = rank_local(ctx)
         self.points = cfg.evaluation.curve_points
         self.n = cfg.evaluation.curve_samples
         self.num_classes = num_classes
@@ -237,7 +240,7 @@ class CurveRecorder:
             labels = sample_labels(self.n, self.num_classes)
             tokens = sample_tokens(generator, self.n, seed=s.seed, labels=labels, batch_size=s.batch_size,
                                    steps=s.steps, guidance=s.guidance, options=s.options,
-                                   ctx=DistContext(device=self.ctx.device) if self.ctx.world_size > 1 else self.ctx)
+                                   ctx=self.ctx)
             metrics: dict[str, float] = {}
             if self.protocol.token_metrics is not None:
                 if self._ref is None:

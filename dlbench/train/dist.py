@@ -124,6 +124,12 @@ def gather_by_index(values: torch.Tensor, indices: torch.Tensor, n: int, ctx: Di
     return out
 
 
+def rank_local(ctx: "DistContext") -> "DistContext":
+    """A one-process context on ``ctx``'s device, for work that rank 0 does alone while the other ranks
+    are elsewhere (curve points, evaluation): with it nothing can enter a collective and deadlock."""
+    return ctx if ctx.world_size == 1 else DistContext(device=ctx.device)
+
+
 def cpu_name(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
     """The CPU's model name from ``/proc/cpuinfo`` (else what :mod:`platform` says); recorded with
     benchmarks and with machine-specific caches such as the bf16 FID deviation."""

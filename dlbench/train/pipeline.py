@@ -27,7 +27,7 @@ from dlbench.interfaces import ImageDataset, Method, MethodContext, Tokenizer
 from dlbench.registry import DlbenchError
 from dlbench.runs import RunDir, atomic_write_bytes, atomic_write_json, read_json
 from dlbench.seeding import sample_seeds, shard_indices
-from dlbench.train.dist import DistContext, gather_by_index, init_distributed
+from dlbench.train.dist import DistContext, gather_by_index, init_distributed, rank_local
 from dlbench.train.loop import TensorBatches, TrainingDiverged, train
 
 TOKENIZER_CACHE_VERSION = "tok-v1"
@@ -462,8 +462,9 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
             ev = evaluate_samples(images[:n], s_labels[:n] if s_labels is not None else None, protocol, dataset,
                                   device=ctx.device, events=emit)
         metrics.update(ev)
-        _calibrate(metrics, generator, tokens, tokenizer, dataset, key, protocol, ctx, labels is not None, cfg,
-                   curves)
+        # rank 0 alone from here: the token cache it may fill must not wait for the other ranks
+        _calibrate(metrics, generator, tokens, tokenizer, dataset, key, protocol, rank_local(ctx), labels is not None,
+                   cfg, curves)
         run_dir.write_json("protocol.json", {**protocol.model_dump(mode="json"), "hash": ev["protocol_hash"]})
         emit("evaluation", protocol_hash=ev["protocol_hash"], metrics=ev["metrics"])
         emit("eval", step=result.step, **{k: v for k, v in ev["metrics"].items() if isinstance(v, (int, float))})
