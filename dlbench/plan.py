@@ -125,7 +125,7 @@ def _dataset_images(cfg: Any) -> int | None:
     return min(n, cap) if cap else n
 
 
-def _tokenizer_and_grid(cfg: Any, channels: int, resolution: int):
+def tokenizer_and_grid(cfg: Any, channels: int, resolution: int):
     from dlbench.plugins import get_registry
 
     spec = get_registry().get("tokenizer", cfg.tokenizer.name)
@@ -179,7 +179,7 @@ def build_plan(cfg: Any, *, accelerator: str = "H100", devices: int = 1, utilisa
     ds_cls = registry.get("dataset", cfg.dataset.name).factory
     channels = int(cfg.dataset.params.get("channels", getattr(ds_cls, "channels", 3)) or 3)
     resolution = int(cfg.dataset.params.get("resolution", getattr(ds_cls, "resolution", 32)))
-    tok, grid = _tokenizer_and_grid(cfg, channels, resolution)
+    tok, grid = tokenizer_and_grid(cfg, channels, resolution)
     enc, dec = _encoder_decoder(tok)
     n_images = _dataset_images(cfg)
     bf16 = 0.5 if cfg.training.precision == "bf16" else 1.0
@@ -384,7 +384,7 @@ def describe(cfg: Any) -> str:
     channels = int(cfg.dataset.params.get("channels", getattr(ds_cls, "channels", 3)) or 3)
     resolution = int(cfg.dataset.params.get("resolution", getattr(ds_cls, "resolution", 32)))
     try:
-        tok, grid = _tokenizer_and_grid(cfg, channels, resolution)
+        tok, grid = tokenizer_and_grid(cfg, channels, resolution)
         tok_text = f"({_tok_desc(cfg, tok)}) -> {grid[0]}x{grid[1]} token grid"
     except Exception as exc:  # noqa: BLE001 - a plugin tokenizer that cannot be built on the meta device
         tok_text = f"(token grid unknown before building it: {type(exc).__name__})"

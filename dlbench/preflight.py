@@ -123,8 +123,15 @@ def batch_memory_lower_bounds(cfg: Any, dataset: Any) -> dict[str, int]:
     (the token grid; the pixel grid when the tokenizer does not say). Real use is several times more:
     these bounds only catch batch sizes that cannot possibly fit."""
     c, r = int(dataset.channels), int(dataset.resolution)
-    down = int((cfg.tokenizer.params or {}).get("downsample") or 1)
-    positions = max(1, (r // max(1, down)) ** 2)
+    positions = max(1, r * r)
+    try:  # the tokenizer's own token grid, from a weightless build on the meta device (dlbench plan's way)
+        from dlbench.plan import tokenizer_and_grid
+
+        h, w = tokenizer_and_grid(cfg, c, r)[1]
+        positions = max(1, int(h) * int(w))
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot build on meta: the pixel grid bounds it
+        down = int((cfg.tokenizer.params or {}).get("downsample") or 1)
+        positions = max(1, (r // max(1, down)) ** 2)
     bb = cfg.backbone.params or {}
     width, depth, ratio = int(bb.get("width", 1)), int(bb.get("depth", 1)), float(bb.get("mlp_ratio", 0.0))
     return {

@@ -243,7 +243,8 @@ def test_rule1_library_loads_are_forced_weights_only(tmp_path):
 
 
 def test_rule1_torch_fidelity_reference_cache_end_to_end(tmp_path, monkeypatch):
-    """A poisoned reference-feature cache that torch-fidelity itself would load during evaluation."""
+    """A poisoned reference-feature cache of the torch-fidelity backend, loaded during evaluation
+    (dlbench caches the features as .npz; torch-fidelity's own pickle cache is no longer used)."""
     from dlbench.eval.backends import torch_fidelity_metrics
     from dlbench.eval.inception import resolve_inception_weights
     from dlbench.eval.protocol import resolve_protocol
@@ -262,13 +263,13 @@ def test_rule1_torch_fidelity_reference_cache_end_to_end(tmp_path, monkeypatch):
     gen = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g)
     ref = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g)
     first, _ = torch_fidelity_metrics(gen, ref, proto, weights, reference_cache_name="dlbench-ref-test")
-    cached = sorted((cache / "torch-fidelity").glob("*.pt"))
+    cached = sorted((cache / "features").glob("dlbench-ref-test*.npz"))
     assert cached and np.isfinite(first["fid"])
     again, _ = torch_fidelity_metrics(gen, ref, proto, weights, reference_cache_name="dlbench-ref-test")
     assert again == first  # its genuine cache loads under the weights-only guard
     marker = tmp_path / "MARKER"
     for p in cached:
-        plant_pickle(p, marker)
+        np.savez(p, **{"2048": np.array([Evil(marker)], dtype=object)})
     with pytest.raises(UnsafeFileError, match="dlbench-ref-test"):
         torch_fidelity_metrics(gen, ref, proto, weights, reference_cache_name="dlbench-ref-test")
     assert not marker.exists()

@@ -65,10 +65,16 @@ def test_later_layers_still_win():
     assert tok.tokenizer.name == "vqvae" and "ch_mult" not in tok.tokenizer.params
 
 
-def test_dry_run_names_the_tokenizer_and_token_grid(capsys):
+def test_dry_run_names_the_tokenizer_and_token_grid(capsys, tmp_path):
+    from PIL import Image
+
     from dlbench.cli import main
 
-    main(["run", "vqlcmd", "--dataset", "ffhq", "--preset", "paper", "--dry-run"])
+    # --dry-run runs the pre-flight, which opens the dataset: a few 256 px images in the ffhq folder layout
+    for i in range(4):
+        Image.new("RGB", (256, 256)).save(tmp_path / f"{i:05d}.png")
+    main(["run", "vqlcmd", "--dataset", "ffhq", "--preset", "paper", "--data-dir", str(tmp_path),
+          "--set", "evaluation.enabled=false", "--dry-run"])  # 4 images cannot feed the paper protocol
     captured = capsys.readouterr()
     assert '"name": "vqgan"' in captured.out
     assert "tokenizer vqgan (f16, K=1024, d=256) -> 16x16 token grid" in captured.err

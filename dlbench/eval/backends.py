@@ -190,8 +190,10 @@ def reference_feature_file(name: str) -> Path:
 def _load_features(path: Path) -> dict[str, torch.Tensor] | None:
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        return {k: torch.from_numpy(data[k].copy()) for k in data.files}
+    from dlbench.safeload import np_load
+
+    # no pickle: a planted object array is refused with an error naming the file (dlbench.safeload)
+    return {k: torch.from_numpy(v.copy()) for k, v in np_load(path, what="cached reference features").items()}
 
 
 def _save_features(path: Path, feats: dict[str, torch.Tensor]) -> None:
