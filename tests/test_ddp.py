@@ -52,6 +52,7 @@ def _worker(rank, world, port, out_dir, steps=3):
     gathered = gather_by_index(draws, idx, 5, ctx)
     torch.save({"state": model.state_dict(), "events": events, "gathered": gathered},
                os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.barrier()  # both ranks are done with gloo before either tears it down
     torch.distributed.destroy_process_group()
 
 
