@@ -274,17 +274,10 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _ema_update(self, z_e: torch.Tensor, codes: torch.Tensor) -> None:
         """VQ-VAE App. A.1 (Laplace-smoothed counts), statistics summed over ranks under DDP."""
-        k, decay, eps = self.cfg.codebook_size, self.cfg.ema_decay, self.cfg.ema_eps
-        onehot = F.one_hot(codes.reshape(-1), k).float()
-        counts, sums = onehot.sum(0), onehot.t() @ z_e.reshape(-1, z_e.shape[-1]).float()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(counts)
-            dist.all_reduce(sums)
-        self.ema_cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
-        self.ema_embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
-        n = self.ema_cluster_size.sum()
-        smoothed = (self.ema_cluster_size + eps) / (n + k * eps) * n
-        self.embedding.weight.data.copy_(self.ema_embed_sum / smoothed[:, None])
+        from dlbench.nn.vqvae import ema_codebook_update
+
+        ema_codebook_update(self.embedding.weight.data, self.ema_cluster_size, self.ema_embed_sum, z_e, codes,
+                            self.cfg.ema_decay, self.cfg.ema_eps)
 
     @torch.no_grad()
     def _restart_dead_codes(self, z_e: torch.Tensor, codes: torch.Tensor, step: int) -> int:

@@ -72,6 +72,26 @@ def code_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     ).clamp_min(0)
 
 
+@torch.no_grad()
+def ema_codebook_update(weight: torch.Tensor, cluster_size: torch.Tensor, embed_sum: torch.Tensor,
+                        z_e: torch.Tensor, codes: torch.Tensor, decay: float, eps: float) -> None:
+    """EMA codebook update in place (VQ-VAE App. A.1): N_k <- g N_k + (1-g) n_k, m_k <- g m_k + (1-g) sum z,
+    e_k = m_k / N~_k with Laplace-smoothed N~_k. ``weight "k d"``, ``z_e "... d"``, ``codes "..."``;
+    statistics are summed across ranks under DDP. Shared by the VQ-VAE and the VQGAN."""
+    k = weight.shape[0]
+    onehot = F.one_hot(codes.reshape(-1), k).float()  # "(b h w) k"
+    counts = onehot.sum(0)
+    sums = onehot.t() @ z_e.reshape(-1, z_e.shape[-1]).float()  # "k d"
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(counts)
+        dist.all_reduce(sums)
+    cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
+    embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
+    n = cluster_size.sum()
+    smoothed = (cluster_size + eps) / (n + k * eps) * n
+    weight.copy_(embed_sum / smoothed[:, None])
+
+
 def perplexity(codes: torch.Tensor, k: int) -> torch.Tensor:
     """``exp(H(p))`` of the empirical code distribution of ``codes`` (any shape); K means uniform use."""
     p = torch.bincount(codes.reshape(-1), minlength=k).float()
@@ -213,18 +233,8 @@ class VQVAE(Tokenizer):
     def _ema_update(self, z_e: torch.Tensor, codes: torch.Tensor) -> None:
         """EMA codebook update (VQ-VAE App. A.1): N_k <- g N_k + (1-g) n_k, m_k <- g m_k + (1-g) sum z,
         e_k = m_k / N~_k with Laplace-smoothed N~_k. Statistics are summed across ranks under DDP."""
-        k, decay, eps = self.codebook_size, self.config.ema_decay, self.config.ema_eps
-        onehot = F.one_hot(codes.reshape(-1), k).float()  # "(b h w) k"
-        counts = onehot.sum(0)
-        sums = onehot.t() @ z_e.reshape(-1, z_e.shape[-1]).float()  # "k d"
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(counts)
-            dist.all_reduce(sums)
-        self.ema_cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
-        self.ema_embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
-        n = self.ema_cluster_size.sum()
-        smoothed = (self.ema_cluster_size + eps) / (n + k * eps) * n
-        self.embedding.data.copy_(self.ema_embed_sum / smoothed[:, None])
+        ema_codebook_update(self.embedding.data, self.ema_cluster_size, self.ema_embed_sum, z_e, codes,
+                            self.config.ema_decay, self.config.ema_eps)
 
     @torch.no_grad()
     def _restart_dead_codes(self, z_e: torch.Tensor, codes: torch.Tensor) -> int:
