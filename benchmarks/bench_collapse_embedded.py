@@ -31,7 +31,8 @@ for p in (ROOT, ROOT / "plugins"):
         sys.path.insert(0, str(p))
 
 from _machine import machine_line, print_and_record  # noqa: E402
-from dlbench.report.compare import compare, load_records  # noqa: E402
+from dlbench.api import compare  # noqa: E402
+from dlbench.report.compare import load_records  # noqa: E402
 from dlbench.runs import RunDir  # noqa: E402
 
 KEYS = ["min_pairwise_dist_over_sigma", "mean_pairwise_dist_over_sigma", "effective_rank", "mean_cosine", "mean_norm"]

@@ -32,7 +32,8 @@ for p in (ROOT, ROOT / "plugins"):
         sys.path.insert(0, str(p))
 
 from _machine import machine_line, print_and_record  # noqa: E402
-from dlbench.report.compare import compare, load_records  # noqa: E402
+from dlbench.api import compare  # noqa: E402
+from dlbench.report.compare import load_records  # noqa: E402
 
 
 def _tokenizer_events(run: Path) -> list[dict]:

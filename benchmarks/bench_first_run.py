@@ -78,23 +78,28 @@ def main() -> None:
 
     import dlbench.eval.api as eval_api
     import dlbench.eval.inception as inception
-    import dlbench.train.pipeline as pipeline
+    import dlbench.runner.generator_stage as generator_stage
+    import dlbench.runner.stages as stages
+    import dlbench.runner.tokenizer_stage as tokenizer_stage
+    import dlbench.runner.tokens as tokens
     from dlbench.api import run
 
-    wrap(pipeline, "get_tokenizer", "tokenizer (install shipped / train)")
-    wrap(pipeline, "tokenize_split", "tokenize a split")
-    wrap(pipeline, "write_recon_grid", "reconstruction grid")
-    wrap(pipeline, "train", "generator training")
-    wrap(pipeline, "sample_tokens", "sampling")
-    wrap(pipeline, "decode_tokens", "decoding")
-    wrap(pipeline, "write_samples", "writing samples")
+    wrap(stages, "get_tokenizer", "tokenizer (install shipped / train)")
+    wrap(stages, "tokenize_split", "tokenize a split")
+    wrap(tokens, "tokenize_split", "tokenize a split")  # the held-out tokens of the end-of-training report
+    wrap(stages, "write_recon_grid", "reconstruction grid")
+    wrap(tokenizer_stage, "train", "generator training")  # relabelled "tokenizer training loop" in there
+    wrap(generator_stage, "train", "generator training")
+    wrap(stages, "sample_tokens", "sampling")
+    wrap(stages, "decode_tokens", "decoding")
+    wrap(stages, "write_samples", "writing samples")
     wrap(eval_api, "evaluate_samples", "evaluation (total)")
     wrap(eval_api, "resolve_inception_weights", "  Inception weights (resolve / convert)")
     wrap(inception, "resolve_inception_weights", "  Inception weights (resolve / convert)")
     wrap(eval_api, "compute_backend_metrics", "  Inception features + FID/KID/PR")
     wrap(eval_api, "train_domain_classifier", "  domain classifier (install shipped / train)")
     wrap(eval_api, "domain_metrics", "  domain metrics")
-    wrap(pipeline, "_heldout_tokens", "end-of-training report tokens")
+    wrap(stages, "heldout_tokens", "end-of-training report tokens")
 
     t0, c0 = time.perf_counter(), time.process_time()
     try:

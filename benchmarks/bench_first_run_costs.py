@@ -50,7 +50,9 @@ def main() -> None:
     from dlbench.eval.inception import resolve_inception_weights
     from dlbench.plugins import get_registry
     from dlbench.seeding import sample_seeds
-    from dlbench.train.pipeline import build_method, build_tokenizer, to_float_images
+    from dlbench.runner.common import to_float_images
+    from dlbench.runner.generator_stage import build_method
+    from dlbench.runner.tokenizer_stage import build_tokenizer
 
     registry = get_registry()
     cfg = build_config("vqlcmd", registry=registry, preset="default", device="cpu")
@@ -59,7 +61,7 @@ def main() -> None:
     rows: list[tuple[str, int, float, str]] = []  # stage, count, CPU s per unit, shipped?
 
     # tokenizer: one optimiser step of the default VQ-VAE on a batch of the default size
-    tok = build_tokenizer(cfg, ds)
+    tok = build_tokenizer(cfg, registry, ds)
     tb = cfg.tokenizer.training.batch_size
     images = torch.randint(0, 256, (tb, ds.channels, ds.resolution, ds.resolution), generator=g, dtype=torch.uint8)
     opt = torch.optim.AdamW(tok.parameters(), lr=cfg.tokenizer.training.lr)

@@ -80,13 +80,14 @@ def setup(args):
     from dlbench.eval.domain import train_domain_classifier
     from dlbench.plugins import get_registry
     from dlbench.train.dist import DistContext
-    from dlbench.train.pipeline import get_tokenizer, tokenize_split
+    from dlbench.runner.tokenizer_stage import get_tokenizer
+    from dlbench.runner.tokens import tokenize_split
 
     reg = get_registry()
     cfg = build_config("vqlcmd", registry=reg, preset=args.tokenizer_preset, overrides=args.overrides)
     ds_tok = reg.get("dataset", cfg.dataset.name).build(cfg.dataset.params)
     ctx = DistContext()
-    tokenizer, key, info = get_tokenizer(cfg, ds_tok, ctx)
+    tokenizer, key, info = get_tokenizer(cfg, reg, ds_tok, ctx)
     full = reg.get("dataset", cfg.dataset.name).build({**cfg.dataset.params, "max_images": None})
     train_tokens, train_labels = tokenize_split(tokenizer, full, "train", key, ctx)
     test_tokens, test_labels = tokenize_split(tokenizer, full, "test", key, ctx)
@@ -134,7 +135,7 @@ def run_variant(name: str, args, env, base_fwd: float) -> dict:
     from dlbench.eval.domain import domain_metrics
     from dlbench.seeding import sample_seeds
     from dlbench.train.loop import TensorBatches, train
-    from dlbench.train.pipeline import decode_tokens
+    from dlbench.runner.sampling import decode_tokens
 
     params = {**BASE, **VARIANTS[name]}
     m = build(params, args, env)
@@ -175,7 +176,7 @@ def run_variant(name: str, args, env, base_fwd: float) -> dict:
 
 def reference_row(args, env) -> dict:
     from dlbench.eval.domain import domain_metrics
-    from dlbench.train.pipeline import decode_tokens
+    from dlbench.runner.sampling import decode_tokens
 
     toks, labs = env["test"][0][: args.samples], env["test"][1][: args.samples]
     images = decode_tokens(env["tokenizer"], toks, torch.device("cpu"))

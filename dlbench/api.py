@@ -1,29 +1,23 @@
 """The importable operations behind the CLI: ``from dlbench import run, compare, evaluate, sample``.
 
-The CLI only parses arguments and calls these; a notebook user gets the same behaviour.
+The CLI only parses arguments and calls these; a notebook user gets the same behaviour. This module
+resolves: it turns arguments into a typed :class:`~dlbench.config.RunConfig` against the installed plugins'
+registry (looked up once here) and hands both to :mod:`dlbench.runner`, which does the work.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from dlbench import runner
 from dlbench.config import ConfigError, RunConfig, build_config, config_diff, load_config_file, resolve_config
 from dlbench.plugins import get_registry
-from dlbench.registry import DlbenchError
-from dlbench.runs import RunDir, collect_meta, utcnow
+from dlbench.runner.session import RunFailed, RunInterrupted, RunResult
+from dlbench.runs import RunDir
 
-
-@dataclass
-class RunResult:
-    run_dir: RunDir
-    config: RunConfig
-    metrics: dict[str, Any] | None
-    rank: int = 0  # torchrun rank of this process; only rank 0 holds the metrics and reports them
+__all__ = ["RunFailed", "RunInterrupted", "RunResult", "compare", "evaluate", "resolve", "resume_config", "run",
+           "sample"]
 
 
 def resolve(
@@ -55,37 +49,6 @@ def _add_loggers(cfg: RunConfig, loggers: Sequence[str]) -> RunConfig:
     data = cfg.to_dict()
     data["loggers"] = [*data["loggers"], *({"name": n} for n in extra)]
     return resolve_config(data, get_registry())
-
-
-def _dist_info() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _shared_run_dir(make) -> RunDir:
-    """Rank 0 creates the run directory; under torchrun every rank gets rank 0's path."""
-    rank, world = _dist_info()
-    if world == 1:
-        return make()
-    from dlbench.train import dist
-
-    dist.init_distributed()
-    import torch.distributed as tdist
-
-    box = [str(make().path) if rank == 0 else None]
-    tdist.broadcast_object_list(box, src=0)
-    return RunDir(box[0])
-
-
-class RunInterrupted(DlbenchError):
-    """Ctrl-C / SIGINT during a run: exit code 130, checkpoints kept, the message says how to resume."""
-
-    exit_code = 130
-
-
-class RunFailed(DlbenchError):
-    """The run ended without a result (e.g. diverged training); exit code 1, metrics.json says why."""
-
-    exit_code = 1
 
 
 def resume_config(
@@ -175,10 +138,8 @@ def run(
     ``loggers`` (e.g. ``["tensorboard"]``) receive every event of the run besides events.jsonl
     (:mod:`dlbench.observe.loggers`); a resumed run keeps the loggers it started with.
     """
-    from dlbench.preflight import preflight
-
     registry = get_registry()
-    rank, world = _dist_info()
+    run_dir: RunDir | None = None
     if resume is not None:
         run_dir = RunDir.open(resume)
         if config is None:
@@ -187,106 +148,29 @@ def run(
         else:
             config = resolve_config(config, registry)
         config = _add_loggers(config, loggers)  # the saved config already carries the run's own loggers
-        preflight(config)
+    elif config is None:
+        if method is None:
+            raise ConfigError("name a method (see `dlbench list method`), or pass --resume RUN_DIR")
+        config = resolve(method, dataset=dataset, preset=preset or "default", tokenizer=tokenizer,
+                         config_file=config_file, overrides=overrides, seed=seed, device=device, loggers=loggers)
     else:
-        if config is None:
-            if method is None:
-                raise ConfigError("name a method (see `dlbench list method`), or pass --resume RUN_DIR")
-            config = resolve(method, dataset=dataset, preset=preset or "default", tokenizer=tokenizer,
-                             config_file=config_file, overrides=overrides, seed=seed, device=device,
-                             loggers=loggers)
-        else:
-            config = _add_loggers(resolve_config(config, registry), loggers)
-        preflight(config, out=out)
-        run_dir = _shared_run_dir(
-            lambda: RunDir.create(out, config.method.name, config.dataset.name, config.hash())
-        )
-
-    from dlbench.train import pipeline
-
-    if rank != 0:
-        metrics = pipeline.execute(config, run_dir, resume=resume is not None)
-        return RunResult(run_dir, config, metrics, rank=rank)
-
-    from dlbench.observe.loggers import open_loggers
-
-    with run_dir.locked(), run_dir.logging(lambda: open_loggers(config.loggers, run_dir.path, config.to_dict(),
-                                                                resume=resume is not None, registry=registry)):
-        run_dir.write_json("config.json", config.to_dict())
-        from dlbench.train.dist import resolve_device, resolve_precision
-
-        # "auto" is resolved here from what this machine reports (the training loop decides the same way)
-        meta = collect_meta(device=config.device, seeds={"train": config.seed, "sample": config.seed},
-                            precision=resolve_precision(config.training.precision, resolve_device(config.device)))
-        meta["precision_requested"] = config.training.precision
-        meta["world_size"] = world
-        if resume is not None:
-            from dlbench.safeload import CorruptFileError
-
-            try:
-                previous = run_dir.read_json("meta.json", {}) or {}
-            except CorruptFileError as exc:  # provenance of the first part is lost; say so, keep the bytes
-                aside = run_dir.file(f"meta.json.corrupt-{int(time.time())}")
-                os.replace(run_dir.file("meta.json"), aside)
-                previous = {"error": f"{exc}; moved to {aside.name}"}
-            meta["resumed_from"] = previous
-        run_dir.write_json("meta.json", meta)
-        run_dir.event("run_start", resume=resume is not None, argv=sys.argv)
-        registry.used.clear()
-        for kind in ("method", "tokenizer", "dataset"):
-            registry.get(kind, getattr(config, kind).name)
-        try:
-            metrics = pipeline.execute(config, run_dir, resume=resume is not None)
-        except KeyboardInterrupt:
-            run_dir.event("run_end", status="interrupted")
-            raise RunInterrupted(
-                f"interrupted; finished checkpoints are kept in {run_dir.path}; resume with "
-                f"`dlbench run --resume {run_dir.path}`"
-            ) from None
-        except BaseException as exc:
-            run_dir.event("run_end", status="error", reason=f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            try:
-                from dlbench.plugins import component_provenance
-
-                # which distribution (and version) provided every component this run looked up
-                run_dir.update_json("meta.json", finished=utcnow(),
-                                    components=component_provenance(registry.used.values()))
-            except DlbenchError:
-                pass  # a damaged meta.json must not hide the run's own outcome
-        run_dir.event("run_end", status=(metrics or {}).get("status", "ok"))
-    return RunResult(run_dir, config, metrics)
+        config = _add_loggers(resolve_config(config, registry), loggers)
+    return runner.run(config, registry, out=out, resume=run_dir)
 
 
 def evaluate(run_dir: str | Path, *, protocol: str | None = None) -> dict[str, Any]:
     """(Re)evaluate a finished run under ``protocol`` (default: the run's own)."""
-    from dlbench.train import pipeline
-
-    from dlbench.observe.loggers import open_loggers
-
-    rd = RunDir.open(run_dir)
-    saved = rd.read_json("config.json", {}) or {}
-    # the run's own loggers see the new evaluation too; one whose plugin is gone is skipped, not fatal
-    known = set(get_registry().names("logger"))
-    refs = [r for r in saved.get("loggers") or [] if (r.get("name") if isinstance(r, dict) else r) in known]
-    with rd.locked(), rd.logging(lambda: open_loggers(refs, rd.path, saved, resume=True)):
-        return pipeline.evaluate_run(rd, protocol=protocol)
+    return runner.reevaluate(RunDir.open(run_dir), get_registry(), protocol=protocol)
 
 
 def sample(run_dir: str | Path, *, n: int = 64, steps: int | None = None, guidance: float | None = None,
            seed: int = 0, output: str | Path | None = None) -> Path:
     """Draw ``n`` samples from a trained run; writes a PNG grid and an npz next to it."""
-    from dlbench.train import pipeline
-
-    rd = RunDir.open(run_dir)
-    return pipeline.sample_run(rd, n=n, steps=steps, guidance=guidance, seed=seed, output=output)
+    return runner.sample_run(RunDir.open(run_dir), get_registry(), n=n, steps=steps, guidance=guidance, seed=seed,
+                             output=output)
 
 
 def compare(methods: Sequence[str], **kwargs: Any) -> str:
-    """Compare methods (or ``runs=[...]``) under one protocol; returns the rendered table."""
-    try:
-        from dlbench.report import compare as _compare
-    except ImportError:
-        raise ConfigError("`dlbench compare` is not available yet in this version") from None
-    return _compare.compare(list(methods), **kwargs)
+    """Compare methods (or ``runs=[...]``) under one protocol, training what is missing; returns the
+    rendered table (:mod:`dlbench.runner.compare_runs`)."""
+    return runner.compare(list(methods), get_registry(), **kwargs)

@@ -288,8 +288,9 @@ def report(
     format: str = typer.Option("table", "--format", help="table | md | csv | json | latex"),
 ) -> None:
     """Rebuild a comparison table and HTML report from existing runs (differences are marked)."""
-    from dlbench.report.compare import check_matched, load_records, render, summarise
+    from dlbench.report.compare import check_matched, load_records, summarise
     from dlbench.report.html import write_report
+    from dlbench.report.render import render
 
     records = load_records(runs)
     cmp = summarise(records, None, check_matched(records, allow_mismatch=True))

@@ -261,7 +261,7 @@ def build_plan(cfg: Any, *, accelerator: str = "H100", devices: int = 1, utilisa
                         _memory(gen_params, a_den * max(1, int(fps)), g.batch_size, devices, ema=g.ema_decay > 0,
                                 act_scale=bf16, grad_accum=g.grad_accum)))
     s = cfg.sampling
-    from dlbench.train.pipeline import _nfe
+    from dlbench.runner.generator_stage import nfe as _nfe
 
     nfe = _nfe(method, s)
     per = nfe * f_den + f_dec

@@ -152,17 +152,19 @@ def check_batch_memory(cfg: Any, dataset: Any) -> None:
             )
 
 
-def preflight(cfg: Any, *, out: str | Path | None = None, dataset: Any = None) -> PreflightReport:
+def preflight(cfg: Any, *, out: str | Path | None = None, dataset: Any = None, registry: Any = None) -> PreflightReport:
     """Check a resolved :class:`~dlbench.config.RunConfig` (see module docstring). Builds the dataset
-    (listing files, not decoding images) unless one is given. Raises :class:`PreflightError`."""
-    from dlbench.plugins import get_registry
-
+    (listing files, not decoding images) unless one is given, from ``registry`` (default: the installed
+    plugins' registry). Raises :class:`PreflightError`."""
     report = PreflightReport()
     for section in ("method", "dataset", "tokenizer"):
         check_path_segment(getattr(cfg, section).name, section)
     if out is not None:
         check_out_dir(out)
-    registry = get_registry()
+    if registry is None:
+        from dlbench.plugins import get_registry
+
+        registry = get_registry()
     if dataset is None:
         dataset = registry.get("dataset", cfg.dataset.name).build(cfg.dataset.params)
     name = cfg.dataset.name
@@ -174,9 +176,9 @@ def preflight(cfg: Any, *, out: str | Path | None = None, dataset: Any = None) -
         if bs > n_train:
             report.notes.append(f"{where} = {bs} exceeds the {n_train} training images: batches repeat images")
     if cfg.evaluation.enabled:
-        from dlbench.train.pipeline import _resolve_protocol
+        from dlbench.runner.evaluation import resolve_run_protocol
 
-        protocol = _resolve_protocol(cfg)
+        protocol = resolve_run_protocol(cfg)
         report.protocol = protocol.name
         ref = protocol.reference_split
         report.reference_split = ref

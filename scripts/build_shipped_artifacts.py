@@ -5,7 +5,7 @@ What the README's first run (``dlbench run vqlcmd``: ``default`` preset, ``fashi
 functions the run calls, the default config and its seeds, in fp32 and from scratch (an empty cache,
 ``DLBENCH_NO_SHIPPED=1``):
 
-- ``tokenizer``: the default VQ-VAE (``dlbench.train.pipeline.get_tokenizer``), shared by every built-in
+- ``tokenizer``: the default VQ-VAE (``dlbench.runner.tokenizer_stage.get_tokenizer``), shared by every built-in
   method's default preset except ``regvq`` (which trains its own tokenizer);
 - ``domain-classifier``: the classifier behind the ``domain_*`` metrics
   (``dlbench.eval.domain.train_domain_classifier``, default ``DomainClassifierConfig``);
@@ -67,11 +67,12 @@ def built_with() -> dict:
 def build_tokenizer(cfg, dataset, out: Path) -> dict:
     from dlbench.shipped import safetensors_bytes, write_artifact
     from dlbench.train.dist import init_distributed
-    from dlbench.train.pipeline import get_tokenizer, tokenizer_key_inputs
+    from dlbench.plugins import get_registry
+    from dlbench.runner.tokenizer_stage import get_tokenizer, tokenizer_key_inputs
 
     if cfg.tokenizer.training.precision != "fp32":
         raise SystemExit(f"the default tokenizer must train in fp32, config says {cfg.tokenizer.training.precision}")
-    tokenizer, key, info = get_tokenizer(cfg, dataset, init_distributed("cpu"))
+    tokenizer, key, info = get_tokenizer(cfg, get_registry(), dataset, init_distributed("cpu"))
     entry = {"kind": "tokenizer", "key": key, "config": tokenizer_key_inputs(cfg, dataset),
              **write_artifact(out, f"tokenizer-{key}.safetensors", safetensors_bytes(tokenizer.state_dict())),
              "info": {k: v for k, v in info.items() if k != "path"}}

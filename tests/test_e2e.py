@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dlbench import api
-from dlbench.report.compare import RunRecord, render, summarise
+from dlbench.report.compare import RunRecord, summarise
+from dlbench.report.render import render
 from dlbench.runs import RunDir
 
 RUN_FILES = ("config.json", "meta.json", "metrics.json", "protocol.json", "events.jsonl", "samples.npz",

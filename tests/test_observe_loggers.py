@@ -208,12 +208,12 @@ def test_the_mlflow_plugin_in_the_docs_works_against_the_public_interface(tmp_pa
 
 def test_dlbench_eval_sends_its_evaluation_to_the_runs_loggers(registry, tmp_path, monkeypatch):
     from dlbench import api
-    from dlbench.train import pipeline
+    from dlbench.runner import evaluation
 
     seen: list[dict] = []
     monkeypatch.setattr(Recording, "log", lambda self, event: seen.append(event))
     (tmp_path / "config.json").write_text(json.dumps({"loggers": [{"name": "recording"}, {"name": "uninstalled"}]}))
-    monkeypatch.setattr(pipeline, "evaluate_run", lambda rd, protocol=None: rd.event(
+    monkeypatch.setattr(evaluation, "evaluate_run", lambda rd, registry, protocol=None: rd.event(
         "evaluation", protocol_hash="h", metrics={"fid": 1.0}) or {"protocol_hash": "h"})
     assert api.evaluate(tmp_path) == {"protocol_hash": "h"}
     assert [e["event"] for e in seen] == ["evaluation"]  # the uninstalled logger is skipped, not fatal

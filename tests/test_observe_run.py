@@ -208,7 +208,7 @@ def _make_failed_run(out: Path) -> RunDir:
     """A run that diverged, written by the pipeline's own failure path."""
     from dlbench import api
     from dlbench.runs import utcnow
-    from dlbench.train import pipeline
+    from dlbench.runner.common import failed
     from dlbench.train.dist import DistContext
 
     cfg = api.resolve("vq-diffusion", preset="quick", seed=7)
@@ -217,7 +217,7 @@ def _make_failed_run(out: Path) -> RunDir:
         rd.write_json("config.json", cfg.to_dict())
         rd.write_json("meta.json", {"started": utcnow()})
         rd.event("run_start", resume=False, argv=[])
-        pipeline._failed(rd, DistContext(), "training diverged at step 3: non-finite loss (loss=nan)", 3)
+        failed(rd, DistContext(), "training diverged at step 3: non-finite loss (loss=nan)", 3)
         rd.event("run_end", status="failed")
     return rd
 

@@ -8,9 +8,11 @@ import json
 import pytest
 
 from dlbench.config import ConfigError
-from dlbench.report.compare import RunRecord, budget_overrides, render, summarise
+from dlbench.report.compare import RunRecord, summarise
+from dlbench.report.render import render
+from dlbench.runner.compare_runs import budget_overrides
 from dlbench.runs import RunDir
-from dlbench.train.sampler_tuning import at_equal_nfe, grid_points
+from dlbench.runner.sampler_tuning import at_equal_nfe, grid_points
 
 PROTO = {"backend": "torch-fidelity", "num_generated": 100, "hash": "bbbb2222"}
 ANCHORS = {"version": "anchors-v1", "key": "k" * 24, "n": 100, "rows": {

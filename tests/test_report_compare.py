@@ -14,12 +14,11 @@ from dlbench.report.compare import (
     ComparisonMismatchError,
     ProtocolMismatchError,
     RunRecord,
-    budget_overrides,
     check_matched,
-    find_reusable,
-    render,
     summarise,
 )
+from dlbench.report.render import render
+from dlbench.runner.compare_runs import budget_overrides, find_reusable
 from dlbench.report.stats import diff_ci, mean_ci
 from dlbench.runs import RunDir
 

@@ -64,7 +64,7 @@ def test_files_match_their_recorded_sha256_and_size():
 @pytest.mark.parametrize("method", ["vqlcmd", "vq-diffusion"])
 def test_tokenizer_key_is_todays_default(method):
     """Fails when the default tokenizer config (or its cache-key recipe) changes without a rebuild."""
-    from dlbench.train.pipeline import tokenizer_key, tokenizer_key_inputs
+    from dlbench.runner.tokenizer_stage import tokenizer_key, tokenizer_key_inputs
 
     cfg, ds = _default(method)
     entry = _entry("tokenizer")
@@ -141,13 +141,14 @@ def quick_shipped(tmp_path, monkeypatch):
     """A shipped directory holding an (untrained, seeded) tokenizer and domain classifier under the quick
     preset's keys, plus reference features under a made-up key; the package's directory is swapped for it."""
     from dlbench.eval.domain import DomainClassifierConfig, DomainCNN, classifier_key
-    from dlbench.train.pipeline import build_tokenizer, tokenizer_key
+    from dlbench.plugins import get_registry
+    from dlbench.runner.tokenizer_stage import build_tokenizer, tokenizer_key
 
     cfg, ds = _quick()
     directory = tmp_path / "shipped"
     directory.mkdir()
     torch.manual_seed(123)
-    tok = build_tokenizer(cfg, ds)
+    tok = build_tokenizer(cfg, get_registry(), ds)
     tkey = tokenizer_key(cfg, ds)
     clf = DomainCNN(ds.channels, ds.num_classes)
     ckey = classifier_key(ds.fingerprint("train"), ds.channels, ds.num_classes, DomainClassifierConfig())
@@ -180,15 +181,16 @@ def _flip_a_bit(path: Path) -> None:
 def test_installed_artefacts_are_the_shipped_ones_in_their_consumers_layout(quick_shipped, tmp_path):
     from dlbench.eval.domain import DomainClassifierConfig, train_domain_classifier
     from dlbench.train.dist import init_distributed
-    from dlbench.train.pipeline import get_tokenizer
+    from dlbench.plugins import get_registry
+    from dlbench.runner.tokenizer_stage import get_tokenizer
 
     cfg, ds, e = quick_shipped["cfg"], quick_shipped["ds"], quick_shipped["entries"]
-    tok, key, info = get_tokenizer(cfg, ds, init_distributed("cpu"), train_if_missing=False)  # no training allowed
+    tok, key, info = get_tokenizer(cfg, get_registry(), ds, init_distributed("cpu"), train_if_missing=False)  # no training allowed
     assert key == e["tokenizer"]["key"] and info["source"] == "shipped"
     want = quick_shipped["tokenizer"].state_dict()
     assert set(tok.state_dict()) == set(want) and all(torch.equal(v, want[k]) for k, v in tok.state_dict().items())
     assert read_json(tmp_path / "cache" / "tokenizers" / key / "info.json")["shipped_sha256"] == e["tokenizer"]["sha256"]
-    _, _, again = get_tokenizer(cfg, ds, init_distributed("cpu"), train_if_missing=False)  # now from the cache
+    _, _, again = get_tokenizer(cfg, get_registry(), ds, init_distributed("cpu"), train_if_missing=False)  # now from the cache
     assert again == info
 
     model, cinfo = train_domain_classifier(

@@ -3,8 +3,8 @@ re-evaluation reproduces them (placeholder method, tiny data)."""
 
 from __future__ import annotations
 
-from dlbench.train import pipeline
-from dlbench.train.calibration import flops_per_image
+from dlbench.runner import evaluation, stages
+from dlbench.runner.calibration import flops_per_image
 from test_train_pipeline import _config, _new_run, registry  # noqa: F401 - the fixture is used by name
 
 
@@ -15,7 +15,7 @@ def test_run_records_token_metrics_anchors_and_curves(registry, tmp_path):  # no
                                         "curve_points": 3, "curve_samples": 8},
                   training={"budget_flops": 1.0})  # tiny FLOPs budget: stops after the first step
     rd = _new_run(tmp_path, cfg)
-    m = pipeline.execute(cfg, rd, resume=False)
+    m = stages.execute(cfg, registry, rd, resume=False)
     assert m["status"] == "ok"
     assert m["compute"]["budget"]["measure"] == "flops" and m["training"]["step"] == 1
     assert m["training"]["stopped_by"] == "images"
@@ -31,7 +31,7 @@ def test_run_records_token_metrics_anchors_and_curves(registry, tmp_path):  # no
     curves = rd.events("curve")
     assert [e["step"] for e in curves] == [1] and curves[0]["n"] == 8  # the budget ended at the first point
     assert m["curve_anchors"]["n"] == 8
-    again = pipeline.evaluate_run(rd)
+    again = evaluation.evaluate_run(rd, registry)
     assert again["metrics"] == m["metrics"] and again["anchors"]["key"] == m["anchors"]["key"]
 
 
@@ -50,7 +50,7 @@ def test_curve_points_are_evenly_spaced_over_the_budget():
     from types import SimpleNamespace
 
     from dlbench.eval.protocol import resolve_protocol
-    from dlbench.train.calibration import CurveRecorder
+    from dlbench.runner.calibration import CurveRecorder
     from dlbench.train.dist import DistContext
 
     def recorder(training):

@@ -1,4 +1,4 @@
-"""End to end through dlbench.train.pipeline with a placeholder method (test-only plugin)."""
+"""End to end through dlbench.runner.stages with a placeholder method (test-only plugin)."""
 
 import json
 from typing import ClassVar
@@ -13,7 +13,7 @@ from dlbench.config import resolve_config
 from dlbench.interfaces import ComponentConfig, Method, MethodRequirements
 from dlbench.runs import RunDir
 from dlbench.seeding import PerSampleRNG
-from dlbench.train import pipeline
+from dlbench.runner import evaluation, restore, sampling, stages, tokenizer_stage
 from dlbench.train.dist import DistContext
 
 
@@ -115,7 +115,7 @@ def test_end_to_end_and_tokenizer_cache(registry, tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("DLBENCH_CACHE", str(tmp_path / "cache"))  # a cold tokenizer cache
     cfg = _config(registry)
     rd = _new_run(tmp_path, cfg)
-    metrics = pipeline.execute(cfg, rd, resume=False)
+    metrics = stages.execute(cfg, registry, rd, resume=False)
     assert metrics["status"] == "ok" and metrics["training"]["step"] == 6
     assert json.loads(rd.file("metrics.json").read_text())["status"] == "ok"
     for name in ("recon.png", "samples.png", "samples.npz", "checkpoints/latest.json"):
@@ -133,18 +133,18 @@ def test_end_to_end_and_tokenizer_cache(registry, tmp_path, capsys, monkeypatch)
     # same tokenizer config -> reused from the cache, even with a different method training config
     cfg2 = _config(registry, training={"steps": 2})
     rd2 = _new_run(tmp_path, cfg2, "run2")
-    pipeline.execute(cfg2, rd2, resume=False)
+    stages.execute(cfg2, registry, rd2, resume=False)
     assert rd2.events("tokenizer")[0] == {**rd2.events("tokenizer")[0], "action": "reused", "key": key}
     assert f"reused cached tokenizer {key}" in capsys.readouterr().err
     # the generator's seed does not change the tokenizer (shared harness); the tokenizer's own seed does
     ds = registry.get("dataset", "fashion-mnist-small").build(cfg.dataset.params)
-    assert pipeline.tokenizer_key(_config(registry, seed=2), ds) == key
+    assert tokenizer_stage.tokenizer_key(_config(registry, seed=2), ds) == key
     other = _config(registry)
     other.tokenizer.seed = 2
-    assert pipeline.tokenizer_key(other, ds) != key
+    assert tokenizer_stage.tokenizer_key(other, ds) != key
 
     # samples from a finished run: same seed -> the same tokens as the run's own samples
-    png = pipeline.sample_run(rd, n=10, seed=cfg.sampling.seed)
+    png = restore.sample_run(rd, registry, n=10, seed=cfg.sampling.seed)
     assert png.is_file()
     again = np.load(png.with_suffix(".npz"))
     assert np.array_equal(again["tokens"], data["tokens"])
@@ -157,15 +157,15 @@ def test_sampling_is_independent_of_batch_size(registry):
         method.logits.normal_()
     labels = torch.arange(7) % 3
     kw = dict(seed=4, labels=labels, steps=None, guidance=1.0, options={}, ctx=DistContext())
-    a = pipeline.sample_tokens(method, 7, batch_size=7, **kw)
-    b = pipeline.sample_tokens(method, 7, batch_size=2, **kw)
+    a = sampling.sample_tokens(method, 7, batch_size=7, **kw)
+    b = sampling.sample_tokens(method, 7, batch_size=2, **kw)
     assert torch.equal(a, b) and a.shape == (7, 2, 3)
 
 
 def test_nan_writes_failed_status(registry, tmp_path):
     cfg = _config(registry, method_params={"nan_at_step": 4})
     rd = _new_run(tmp_path, cfg)
-    metrics = pipeline.execute(cfg, rd, resume=False)
+    metrics = stages.execute(cfg, registry, rd, resume=False)
     assert metrics["status"] == "failed" and "non-finite loss" in metrics["reason"] and metrics["step"] == 4
     saved = json.loads(rd.file("metrics.json").read_text())
     assert saved["status"] == "failed" and saved["reason"] == metrics["reason"]
@@ -176,11 +176,11 @@ def test_nan_writes_failed_status(registry, tmp_path):
 def test_resume_pipeline_matches_straight_run(registry, tmp_path):
     straight = _config(registry)
     rd_a = _new_run(tmp_path, straight, "a")
-    pipeline.execute(straight, rd_a, resume=False)
+    stages.execute(straight, registry, rd_a, resume=False)
     half = _config(registry, training={"steps": 3})
     rd_b = _new_run(tmp_path, half, "b")
-    pipeline.execute(half, rd_b, resume=False)
-    pipeline.execute(straight, rd_b, resume=True)
+    stages.execute(half, registry, rd_b, resume=False)
+    stages.execute(straight, registry, rd_b, resume=True)
     a = np.load(rd_a.file("samples.npz"))["tokens"]
     b = np.load(rd_b.file("samples.npz"))["tokens"]
     assert np.array_equal(a, b)
@@ -188,14 +188,14 @@ def test_resume_pipeline_matches_straight_run(registry, tmp_path):
     cb = torch.load(rd_b.file("checkpoints/step-00000006/model.pt"), weights_only=True)
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
     with pytest.raises(Exception, match=r"training\.lr"):
-        pipeline.execute(_config(registry, training={"steps": 9, "lr": 0.01}), rd_b, resume=True)
+        stages.execute(_config(registry, training={"steps": 9, "lr": 0.01}), registry, rd_b, resume=True)
 
 
 def test_sample_count_below_protocol_is_refused_before_training(registry, tmp_path):
     cfg = _config(registry, evaluation={"enabled": True, "protocol": "quick", "overrides": {"num_generated": 20}})
     rd = _new_run(tmp_path, cfg)
     with pytest.raises(Exception, match="sampling.num_samples = 10"):
-        pipeline.execute(cfg, rd, resume=False)
+        stages.execute(cfg, registry, rd, resume=False)
     assert not rd.file("checkpoints").exists()
 
 
@@ -203,8 +203,8 @@ def test_sample_count_below_protocol_is_refused_before_training(registry, tmp_pa
 def test_pipeline_calls_evaluation(registry, tmp_path):
     cfg = _config(registry, evaluation={"enabled": True, "protocol": "quick", "overrides": {"num_generated": 10}})
     rd = _new_run(tmp_path, cfg)
-    metrics = pipeline.execute(cfg, rd, resume=False)
+    metrics = stages.execute(cfg, registry, rd, resume=False)
     assert metrics["status"] == "ok" and metrics["protocol_hash"] and metrics["n"] == 10
     assert metrics["metrics"]
-    again = pipeline.evaluate_run(rd)
+    again = evaluation.evaluate_run(rd, registry)
     assert again["metrics"] == metrics["metrics"]

@@ -68,7 +68,7 @@ def test_backbone_compile_flag_compiles_every_denoiser_in_place(monkeypatch):
     from dlbench.interfaces import MethodContext
     from dlbench.nn.denoiser import TokenDenoiser
     from dlbench.plugins import get_registry
-    from dlbench.train.pipeline import compile_denoisers
+    from dlbench.runner.generator_stage import compile_denoisers
 
     calls = []
     monkeypatch.setattr(TokenDenoiser, "compile", lambda self, **kw: calls.append(kw))

@@ -1,7 +1,7 @@
 """The comparison's scale: anchor rows, where each method sits on them, tuned sampler settings, figures.
 
 Reads only what the runs recorded (``metrics.json``: ``anchors``, ``compute``); the anchors themselves are
-computed by :mod:`dlbench.train.calibration` from :mod:`dlbench.eval.anchors`.
+computed by :mod:`dlbench.runner.calibration` from :mod:`dlbench.eval.anchors`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _metric_value(row: dict[str, Any], metric: str) -> float | None:
 
 def anchor_cells(cmp: Any) -> list[list[str]]:
     """Table rows of the anchors in the comparison table's column layout (single draws: no interval)."""
-    from dlbench.report.compare import COMPUTE_COLS
+    from dlbench.report.render import COMPUTE_COLS
 
     if not cmp.anchors:
         return []
@@ -113,10 +113,15 @@ def run_anchor_columns(metrics: dict[str, Any], names: Sequence[str]) -> list[tu
     return out
 
 
+def settings_text(chosen: dict[str, Any]) -> str:
+    """``steps=.., guidance=.., <option>=..`` of one sampler setting (``compare --tune-sampling``)."""
+    parts = [f"steps={chosen['steps']}", f"guidance={chosen['guidance']:g}"]
+    parts += [f"{k}={v}" for k, v in sorted(chosen["options"].items())]
+    return ", ".join(parts)
+
+
 def tuned_lines(cmp: Any) -> list[str]:
     """The sampler settings each tuned row chose (per training seed), against the untuned ones."""
-    from dlbench.train.sampler_tuning import settings_text
-
     lines = []
     for s in cmp.summaries:
         tuned = [(r.train_seed, r.metrics.get("tuned")) for r in s.runs if r.metrics.get("tuned")]

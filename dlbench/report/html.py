@@ -17,7 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dlbench.report.compare import Comparison, _diff_cells, _footer, _table_cells  # noqa: E402
+from dlbench.report.compare import Comparison  # noqa: E402
+from dlbench.report.render import _diff_cells, _footer, _table_cells  # noqa: E402
 from dlbench.runs import RunDir  # noqa: E402
 
 TRAIN_EVENTS = ("train", "train_log", "log")

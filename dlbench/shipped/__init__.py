@@ -8,7 +8,7 @@ the reference images. ``scripts/build_shipped_artifacts.py`` produces them with 
 ``manifest.json`` next to this file:
 
 - ``kind``: ``tokenizer`` | ``domain-classifier`` | ``reference-features``;
-- ``key``: the cache key a run computes for the same inputs (:func:`dlbench.train.pipeline.tokenizer_key`,
+- ``key``: the cache key a run computes for the same inputs (:func:`dlbench.runner.tokenizer_stage.tokenizer_key`,
   :func:`dlbench.eval.domain.classifier_key`, :meth:`EvalProtocol.reference_key`), and ``config``: what
   that key hashes, for humans;
 - ``file``, ``sha256``, ``size``; ``command`` (how it was built) and ``built_with`` (versions, machine).
@@ -169,7 +169,7 @@ def _torch_save_bytes(obj: Any) -> bytes:
 
 def install_tokenizer(key: str, folder: str | os.PathLike, directory: str | os.PathLike | None = None) -> dict | None:
     """Install the shipped tokenizer with cache key ``key`` into its cache ``folder`` (``tokenizer.pt`` +
-    ``info.json``, as :func:`dlbench.train.pipeline.get_tokenizer` writes them). Returns its info, or
+    ``info.json``, as :func:`dlbench.runner.tokenizer_stage.get_tokenizer` writes them). Returns its info, or
     None when nothing with that key ships."""
     from safetensors.torch import load_file
 

@@ -1,4 +1,4 @@
-"""The training engine: loop, checkpoints, distributed helpers, the run pipeline."""
+"""The training engine: loop, checkpoints, distributed helpers (the run itself is :mod:`dlbench.runner`)."""
 
 from dlbench.train.checkpoint import CheckpointError, ResumeConfigMismatch, latest_checkpoint, load_checkpoint
 from dlbench.train.dist import DistContext, init_distributed, resolve_device

@@ -61,26 +61,21 @@ def at_equal_nfe(method: Any, point: dict[str, Any], base_steps: int | None, tar
     return False
 
 
-def tune_run(run_path: Any, *, samples: int = 256, log: Callable[[str], None] = print) -> dict[str, Any]:
+def tune_run(run_path: Any, registry: Any, *, samples: int = 256, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Tune one finished run (module docstring); cached in ``RUN/tuned.json`` by a hash of the grid and settings."""
     from dlbench.eval.anchors import heldout_plan
     from dlbench.eval.token_metrics import pair_kl
     from dlbench.runs import RunDir
-    from dlbench.train.calibration import split_lengths
-    from dlbench.train.pipeline import (
-        _calibrate,
-        _resolve_protocol,
-        decode_tokens,
-        load_trained_method,
-        method_labels,
-        sample_labels,
-        sample_tokens,
-        tokenize_split,
-        tokenizer_key,
-    )
+    from dlbench.runner.calibration import split_lengths
+    from dlbench.runner.evaluation import calibrate, resolve_run_protocol
+    from dlbench.runner.generator_stage import method_labels
+    from dlbench.runner.restore import load_trained_method
+    from dlbench.runner.sampling import decode_tokens, sample_labels, sample_tokens
+    from dlbench.runner.tokenizer_stage import tokenizer_key
+    from dlbench.runner.tokens import tokenize_split
 
     rd = RunDir.open(run_path)
-    method, tokenizer, cfg, dataset, ctx = load_trained_method(rd)
+    method, tokenizer, cfg, dataset, ctx = load_trained_method(rd, registry)
     grid = dict(getattr(type(method), "sampler_grid", {}) or {})
     s = cfg.sampling
     conditional = method_labels(method, torch.zeros(1, dtype=torch.long)) is not None and bool(dataset.num_classes)
@@ -92,7 +87,7 @@ def tune_run(run_path: Any, *, samples: int = 256, log: Callable[[str], None] = 
         return cached
     if not grid:
         return {"id": ident, "unavailable": f"{cfg.method.name} declares no sampler grid"}
-    protocol = _resolve_protocol(cfg)
+    protocol = resolve_run_protocol(cfg)
     n_eval = protocol.num_generated
     plan = heldout_plan(split_lengths(dataset), protocol.reference_split, protocol.num_reference, n_eval, samples)
     if plan["validation"] is None:
@@ -128,7 +123,7 @@ def tune_run(run_path: Any, *, samples: int = 256, log: Callable[[str], None] = 
     metrics = dict(ev)
     cfg_no_anchors = cfg.model_copy(deep=True)
     cfg_no_anchors.evaluation.anchors = False  # the untuned run already carries them
-    _calibrate(metrics, method, tokens, tokenizer, dataset, key, protocol, ctx, conditional, cfg_no_anchors)
+    calibrate(metrics, method, tokens, tokenizer, dataset, key, protocol, ctx, conditional, cfg_no_anchors)
     record = {"id": ident, "objective": OBJECTIVE, "validation": {"split": split, "start": start, "stop": stop},
               "nfe": target, "untuned": base, "chosen": best, "scores": scores, "metrics": metrics}
     if ctx.is_main:
@@ -137,13 +132,7 @@ def tune_run(run_path: Any, *, samples: int = 256, log: Callable[[str], None] = 
     return record
 
 
-def settings_text(chosen: dict[str, Any]) -> str:
-    parts = [f"steps={chosen['steps']}", f"guidance={chosen['guidance']:g}"]
-    parts += [f"{k}={v}" for k, v in sorted(chosen["options"].items())]
-    return ", ".join(parts)
-
-
-def tuned_records(records: Sequence[Any], order: Sequence[str], *, samples: int = 256,
+def tuned_records(records: Sequence[Any], order: Sequence[str], registry: Any, *, samples: int = 256,
                   log: Callable[[str], None] = print) -> tuple[list[Any], list[str]]:
     """The records plus one ``<label> (tuned)`` record per tuned run, ordered after their untuned rows."""
     from dlbench.report.compare import RunRecord
@@ -151,7 +140,7 @@ def tuned_records(records: Sequence[Any], order: Sequence[str], *, samples: int 
     out = list(records)
     for r in records:
         log(f"tuning sampler settings of {r.path} on the validation split ...")
-        rec = tune_run(r.path, samples=samples, log=log)
+        rec = tune_run(r.path, registry, samples=samples, log=log)
         if "metrics" not in rec:
             log(f"  not tuned: {rec.get('unavailable')}")
             continue

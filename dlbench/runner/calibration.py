@@ -1,6 +1,6 @@
 """What calibrates a run's numbers: token metrics and the NLL bound, anchor rows, learning curves, compute
 budgets. The maths lives in :mod:`dlbench.eval.token_metrics` and :mod:`dlbench.eval.anchors`; this module
-binds it to a run (its tokenizer cache, dataset splits and protocol) for :mod:`dlbench.train.pipeline`.
+binds it to a run (its tokenizer cache, dataset splits and protocol) for :mod:`dlbench.runner`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def split_lengths(dataset: ImageDataset) -> dict[str, int]:
 def reference_tokens(tokenizer: Tokenizer, dataset: ImageDataset, key: str, protocol: Any,
                      ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens and labels of the protocol's reference images (the held-out tokens of the token metrics)."""
-    from dlbench.train.pipeline import tokenize_split
+    from dlbench.runner.tokens import tokenize_split
 
     tokens, labels = tokenize_split(tokenizer, dataset, protocol.reference_split, key, ctx)
     n = protocol.num_reference or len(tokens)
@@ -80,7 +80,9 @@ def anchors_for(
     """
     from dlbench.data import load_split_tensors
     from dlbench.eval.api import bind_reference, evaluate_samples
-    from dlbench.train.pipeline import cache_root, decode_tokens, tokenize_split
+    from dlbench.runner.common import cache_root
+    from dlbench.runner.sampling import decode_tokens
+    from dlbench.runner.tokens import tokenize_split
 
     protocol = bind_reference(protocol, dataset)
     n = protocol.num_generated
@@ -154,22 +156,21 @@ def effective_training(training: Any, method: Method, grid: tuple[int, int]) -> 
     return training.model_copy(update={"budget_images": images}), record
 
 
-def equal_flops_budget(plans: Sequence[Any]) -> tuple[float, dict[str, float]]:
+def equal_flops_budget(plans: Sequence[Any], registry: Any) -> tuple[float, dict[str, float]]:
     """The default comparison budget: the smallest preset training FLOPs among the methods' run configs
     (``flops_per_image * batch_size * steps``), so no method trains longer than its preset says and every
     method gets the same compute. Returns ``(flops, {method: preset flops})``."""
-    from dlbench.plugins import get_registry
-    from dlbench.train.pipeline import build_method, build_tokenizer
+    from dlbench.runner.generator_stage import build_method
+    from dlbench.runner.tokenizer_stage import build_tokenizer
 
     per: dict[str, float] = {}
-    registry = get_registry()
     for cfg in plans:
         if cfg.method.name in per:
             continue
         dataset = registry.get("dataset", cfg.dataset.name).build(cfg.dataset.params)
-        tokenizer = build_tokenizer(cfg, dataset)  # untrained: only its codebook size and grid matter here
+        tokenizer = build_tokenizer(cfg, registry, dataset)  # untrained: only its codebook size and grid matter here
         grid = tokenizer.token_grid(dataset.resolution, dataset.resolution)
-        method = build_method(cfg, tokenizer, dataset, grid)
+        method = build_method(cfg, registry, tokenizer, dataset, grid)
         per[cfg.method.name] = flops_per_image(method, grid) * cfg.training.batch_size * cfg.training.steps
     return min(per.values()), per
 
@@ -231,7 +232,7 @@ class CurveRecorder:
     def record(self, step: int, generator: Method) -> None:
         from dlbench.eval.api import evaluate_samples
         from dlbench.train.checkpoint import capture_rng, restore_rng
-        from dlbench.train.pipeline import decode_tokens, sample_labels, sample_tokens
+        from dlbench.runner.sampling import decode_tokens, sample_labels, sample_tokens
 
         state = capture_rng()
         was_training = generator.training
