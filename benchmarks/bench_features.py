@@ -4,7 +4,7 @@ All three paths run the FID Inception on the same uint8 images in one process, a
 (the cores are shared; each path keeps the median of its rounds):
 
 - **torch-fidelity**: its ``FeatureExtractorInceptionV3`` called directly, under ``torch.no_grad``;
-- **dlbench exact**: :class:`dlbench.eval.inception.FidInception` in fp32 (BN folded, ReLU fused,
+- **dlbench exact**: :class:`dlbench.eval.fid_inception.FidInception` in fp32 (BN folded, ReLU fused,
   channels-last, inference mode, gray images resized once) -- features checked against torch-fidelity's;
 - **dlbench fast**: the same network with bf16 convolutions (fast on CPUs with avx512_bf16/AMX).
 
@@ -39,7 +39,8 @@ def main() -> None:
 
     from dlbench.data import load_split_tensors
     from dlbench.eval.backends import bf16_fid_deviation
-    from dlbench.eval.inception import build_fid_inception, resolve_inception_weights
+    from dlbench.eval.fid_inception import build_fid_inception
+    from dlbench.eval.inception import resolve_inception_weights
     from dlbench.plugins import get_registry
     from dlbench.train.dist import cpu_has_native_bf16
 

@@ -29,6 +29,7 @@ import torch
 
 from dlbench.data.embedded import EmbeddedConfig, FashionMNISTSmall
 from dlbench.eval.domain import domain_metrics, stack_split, train_domain_classifier
+from dlbench.eval.quantize import quantize_uint8 as to_u8  # the protocol's rounding rule
 from dlbench.eval.tokenizer_metrics import TokenizerMetricsAccumulator
 from dlbench.nn.vqvae import VQVAE, VQVAEConfig
 from dlbench_regvq.tokenizer import VARIANT_CONFIGS, RegVQConfig, RegVQTokenizer
@@ -48,10 +49,6 @@ def build(name: str, steps: int, logits: str = "adaptive", entropy_weight: float
     # 32 px stem input (15/13/4 px maps) keeps the frozen-feature pass cheap on a 2-core CPU
     cfg.contrastive.extractor_params = {"resize": 32}
     return RegVQTokenizer(cfg, channels=1, resolution=32)
-
-
-def to_u8(x: torch.Tensor) -> torch.Tensor:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def main() -> None:

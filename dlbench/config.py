@@ -14,6 +14,10 @@ A run config is built in layers, later layers winning:
 :func:`resolve_config` then validates every component's ``params`` against the component's own
 config model and writes the defaults back, so the saved ``config.json`` is complete and re-running
 from it reproduces the run configuration exactly. Every error names the field, the value and why.
+
+Longer than ~350 lines because the section models and the layers that fill them are read together:
+each ``--set``/file rule and each resolution check refers to the fields defined above it (sections:
+models, raw layers, resolution).
 """
 
 from __future__ import annotations

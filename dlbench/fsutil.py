@@ -14,12 +14,13 @@ import errno
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from dlbench.registry import DlbenchError
 
-__all__ = ["DiskFullError", "disk_errors", "temp_prefix", "clean_stale_temps", "clean_cache_temps"]
+__all__ = ["DiskFullError", "atomic_write", "disk_errors", "temp_prefix", "clean_stale_temps", "clean_cache_temps"]
 
 #: ``.<name>.<pid>.<8 random chars>`` (+ ``.tmp``): tempfile.mkstemp/mkdtemp with :func:`temp_prefix`
 _PREFIXED = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}(\.tmp)?$")
@@ -49,6 +50,31 @@ def disk_errors(path: str | Path) -> Iterator[None]:
                 "there or point --out / DLBENCH_CACHE elsewhere, then resume with `dlbench run --resume RUN_DIR`"
             ) from None
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
+    """Write ``path`` through a binary file handle so readers see either the old or the new file, never
+    a torn one: the block writes a temp file in the same directory (``.<name>.<pid>.<random>.tmp``, see
+    :func:`temp_prefix`), which is fsynced and renamed over ``path`` when the block ends, and removed when
+    it raises. A full disk becomes a :class:`DiskFullError` naming ``path``. The one atomic-write helper of
+    dlbench (``torch.save``, ``np.save``/``np.savez`` and JSON writers all go through it)."""
+    path = Path(path)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
 
 
 def _pid_alive(pid: int) -> bool:

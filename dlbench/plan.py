@@ -16,6 +16,9 @@ backward = activation memory). From those per-image / per-sample numbers:
   activations of the per-device micro-batch (halved under bf16 autocast, an estimate);
 - wall clock: ``FLOPs / (devices x peak x utilisation)``; the peak comes from :data:`ACCELERATORS`
   (``cpu`` is measured on this machine) and the utilisation is an assumption the output states.
+
+Longer than ~350 lines because the cost model and its table are one job: each row of the rendered table
+is one stage of the model (sections: measurement, stages, rendering).
 """
 
 from __future__ import annotations

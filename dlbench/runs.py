@@ -31,6 +31,15 @@ from dlbench.registry import DlbenchError
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
+#: events.jsonl names the runner writes and the report and loggers read (one name per kind of record).
+#: The training loop names a stage's log lines after the stage: ``{"event": <stage>, "step", "loss", ...}``
+#: and ``{"event": "diagnostics", "stage": <stage>, ...}``.
+EVENT_TOKENIZER_TRAIN = "tokenizer_train"
+EVENT_GENERATOR_TRAIN = "train"
+#: protocol metrics: ``{"event": "evaluation", "protocol_hash", "metrics": {name: value}, "step"}`` (no
+#: ``step`` when ``dlbench eval`` re-evaluates a finished run)
+EVENT_EVALUATION = "evaluation"
+
 
 class RunLockedError(DlbenchError):
     pass
@@ -44,25 +53,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see either the old or the new file, never a torn one.
 
     The temporary file is named ``.<name>.<pid>.<random>.tmp`` so that one left by a killed process
-    can be recognised and removed later (:func:`dlbench.fsutil.clean_stale_temps`)."""
-    from dlbench.fsutil import disk_errors, temp_prefix
+    can be recognised and removed later (:func:`dlbench.fsutil.clean_stale_temps`); see
+    :func:`dlbench.fsutil.atomic_write`."""
+    from dlbench.fsutil import atomic_write
 
-    path = Path(path)
-    with disk_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+    with atomic_write(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -89,3 +89,22 @@ def test_events_survive_torn_last_line(tmp_path):
 def test_open_non_run_dir_is_clear(tmp_path):
     with pytest.raises(runs.RunDirError, match="not a dlbench run directory"):
         RunDir.open(tmp_path)
+
+
+def test_atomic_write_handle_cleans_up_and_keeps_the_old_file(tmp_path):
+    """The one atomic-write helper behind every cache writer (npy/npz/torch.save/JSON)."""
+    import numpy as np
+
+    from dlbench.data.token_cache import _atomic_save
+    from dlbench.fsutil import atomic_write
+
+    path = tmp_path / "labels.npy"
+    _atomic_save(path, np.arange(3))
+    with pytest.raises(ValueError):  # an object array is refused by np.save(allow_pickle=False) mid-write
+        _atomic_save(path, np.array([{"a": 1}], dtype=object))
+    assert np.load(path, allow_pickle=False).tolist() == [0, 1, 2]
+    with pytest.raises(RuntimeError):
+        with atomic_write(tmp_path / "new.pt") as fh:
+            fh.write(b"partial")
+            raise RuntimeError("writer failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.npy"]  # no temp litter, no torn file

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dlbench.eval.backends import compute_backend_metrics, to_uint8_rgb, write_png_folder, Uint8ImageDataset
+from dlbench.eval.backends import compute_backend_metrics, to_uint8_rgb, Uint8ImageDataset
+from dlbench.eval.cleanfid_backend import write_png_folder
 from dlbench.eval.inception import resolve_inception_weights
 from dlbench.eval.protocol import resolve_protocol
 
@@ -87,6 +88,26 @@ def test_uint8_round_trip_rule():
     u = to_uint8_rgb(x)
     assert u.shape == (1, 3, 1, 5) and u.dtype == torch.uint8
     assert u[0, 0, 0].tolist() == [0, 0, 128, 255, 255]
+
+
+def test_one_uint8_rule_for_evaluation_and_the_runner():
+    """round(clamp((x + 1) * 127.5, 0, 255)) in float32 (ties to even) against numpy, used unchanged by the
+    evaluation backends and the runner's decoding of samples."""
+    from dlbench.eval.quantize import quantize_uint8
+    from dlbench.runner.sampling import decode_tokens
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(4000, generator=g) * 2.4 - 1.2, (torch.arange(256) + 0.5) / 127.5 - 1.0])
+    x = x.reshape(-1, 1, 1, 1)
+    ref = np.clip(np.round((x.numpy() + np.float32(1)) * np.float32(127.5)), 0, 255).astype(np.uint8)
+    assert np.array_equal(quantize_uint8(x).numpy(), ref)
+    assert torch.equal(to_uint8_rgb(x)[:, :1], quantize_uint8(x))
+
+    class Identity:
+        def decode(self, tokens):
+            return tokens
+
+    assert torch.equal(decode_tokens(Identity(), x, torch.device("cpu"), batch_size=1000), quantize_uint8(x))
 
 
 def test_inception_score_unavailable_with_bundled_weights():

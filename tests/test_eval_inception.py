@@ -7,6 +7,7 @@ import socket
 import pytest
 import torch
 
+from dlbench.eval import fid_inception as F
 from dlbench.eval import inception as I
 
 
@@ -118,7 +119,7 @@ def test_bn_folding_is_exact_in_float64():
             t.copy_(torch.randn(5, generator=g, dtype=torch.float64))
         bn.running_var.copy_(torch.rand(5, generator=g, dtype=torch.float64) + 0.1)
         x = torch.randn(2, 3, 9, 9, generator=g, dtype=torch.float64)
-        w, b = I.fold_conv_bn(conv, bn)
+        w, b = F.fold_conv_bn(conv, bn)
         folded = torch.nn.functional.conv2d(x, w, b, stride=2, padding=1)
         assert torch.allclose(folded, bn(conv(x)), atol=1e-12, rtol=0)
 
@@ -143,7 +144,7 @@ def test_fid_inception_gray_resize_shortcut_equals_rgb_path():
     from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
     ref = interpolate_bilinear_2d_like_tensorflow1x(rgb.float(), size=(299, 299), align_corners=False)
-    assert torch.equal(I.FidInception.resize(rgb.contiguous()), ref)
+    assert torch.equal(F.FidInception.resize(rgb.contiguous()), ref)
 
 
 @pytest.mark.weights
@@ -151,7 +152,7 @@ def test_exact_mode_features_match_torch_fidelity():
     """Exact mode == torch-fidelity's own FeatureExtractorInceptionV3 within 1e-4, gray and colour inputs."""
     w = I.resolve_inception_weights()
     tf_net = I.build_inception(w)
-    ours = I.build_fid_inception(w, "exact")
+    ours = F.build_fid_inception(w, "exact")
     g = torch.Generator().manual_seed(5)
     gray = torch.randint(0, 256, (3, 1, 28, 28), generator=g, dtype=torch.uint8).expand(-1, 3, -1, -1).contiguous()
     rgb = torch.randint(0, 256, (3, 3, 32, 32), generator=g, dtype=torch.uint8)
@@ -170,11 +171,11 @@ def test_unbiased_logits_and_bf16_mode_on_random_weights():
     net.features_list = ["2048", "logits_unbiased"]
     with torch.no_grad():
         ref_pool, ref_logits = net(x)
-    pool, logits = I.FidInception(net, "exact")(x, logits=True)
+    pool, logits = F.FidInception(net, "exact")(x, logits=True)
     assert (pool - ref_pool).abs().max().item() <= 1e-4 * max(1.0, ref_pool.abs().max().item())
     assert torch.allclose(logits, ref_logits, atol=1e-3, rtol=1e-4)
-    fast, _ = I.FidInception(net, "bf16")(x)
+    fast, _ = F.FidInception(net, "bf16")(x)
     rel = ((fast - pool).norm() / pool.norm()).item()
     assert fast.dtype == torch.float32 and 0 < rel < 0.05
     with pytest.raises(I.InceptionWeightsError, match="feature mode"):
-        I.FidInception(net, "fp16")
+        F.FidInception(net, "fp16")

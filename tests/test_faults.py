@@ -4,6 +4,9 @@ Every case asserts the exit code, a one-line message naming the problem (no trac
 earlier result changed (a sha256 snapshot of the files before and after). CLI cases run in-process
 through ``dlbench.cli.main``; signals use real subprocesses. One tiny run is trained per module and
 copied for the cases that need a run directory.
+
+One long module on purpose: the cases share that one trained run (a module fixture); split over files,
+the suite would train it once per file.
 """
 
 from __future__ import annotations

@@ -36,8 +36,10 @@ def make_run(root, method, seed, metrics, protocol=PROTO, steps=100, tokenizer_k
                                    "unavailable": {"isc": "no logits in the bundled Inception"},
                                    "compute": {"params": 1000, "train_steps": steps, "images_seen": steps * 64,
                                                "wall_clock_s": 10.0, "nfe": 50, "train_flops": 1e12}})
-    for step in (10, 20):
-        rd.event("train", step=step, loss=1.0 / step, stage="generator")
+    for step in (10, 20):  # as the training loop writes them (tests/test_train_pipeline.py checks that)
+        rd.event("train", step=step, loss=1.0 / step, lr=0.1)
+        rd.event("tokenizer_train", step=step, loss=5.0)  # another stage: not in the generator's curves
+    rd.event("evaluation", step=steps, protocol_hash=protocol["hash"], metrics=metrics)
     return rd.path
 
 

@@ -1,5 +1,8 @@
 """The conformance kit (dlbench.testing): conforming tiny components pass, and each deliberately broken
-one fails with a message naming the contract it breaks."""
+one fails with a message naming the contract it breaks.
+
+Long because every broken component is a few-line class next to the test that shows its failure, one per
+contract of the kit; the list reads as the kit's contract list."""
 
 from __future__ import annotations
 

@@ -208,3 +208,23 @@ def test_pipeline_calls_evaluation(registry, tmp_path):
     assert metrics["metrics"]
     again = evaluation.evaluate_run(rd, registry)
     assert again["metrics"] == metrics["metrics"]
+
+
+def test_the_report_reads_the_events_the_run_writes(registry, tmp_path):
+    """The HTML report's curves come from the event names the runner and training loop really write
+    (no phantom names): loss terms at every log step, the metrics of the run's own protocol at its last step."""
+    from dlbench.report.compare import RunRecord, summarise
+    from dlbench.report.html import run_series, write_report
+
+    cfg = _config(registry, evaluation={"enabled": True, "protocol": "quick",
+                                        "overrides": {"num_generated": 10, "domain_metrics": False}})
+    rd = _new_run(tmp_path, cfg)
+    metrics = stages.execute(cfg, registry, rd, resume=False)
+    kinds = [e["event"] for e in rd.events()]
+    assert kinds.count("evaluation") == 1 and "eval" not in kinds
+    series = run_series(rd.path, metrics["protocol_hash"])
+    assert [s for s, _ in series["loss"]["loss"]] == [2, 4, 6] and "ce" in series["loss"]
+    assert series["metrics"]["token_kl_pair"] == [(6, metrics["metrics"]["token_kl_pair"])]
+    assert run_series(rd.path, "another-protocol")["metrics"] == {}
+    index = write_report(summarise([RunRecord.load(rd.path)]), tmp_path / "html")
+    assert "Training loss" in index.read_text() and (tmp_path / "html" / "metrics_vs_step.png").is_file()

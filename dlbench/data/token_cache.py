@@ -59,9 +59,10 @@ def token_paths(folder: Path, split: str, fingerprint: str) -> tuple[Path, Path]
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
+    from dlbench.fsutil import atomic_write
+
+    with atomic_write(path) as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 @torch.no_grad()

@@ -10,24 +10,16 @@ from typing import Any
 
 import torch
 
-from dlbench.eval.backends import Uint8ImageDataset, compute_backend_metrics, to_uint8_rgb
+from dlbench.eval.backends import Uint8ImageDataset, compute_backend_metrics
 from dlbench.eval.domain import DomainClassifierConfig, domain_metrics, stack_split, train_domain_classifier
 from dlbench.eval.inception import cache_dir, resolve_inception_weights
 from dlbench.eval.protocol import EvalProtocol, ProtocolError
+from dlbench.eval.quantize import quantize_uint8, to_uint8_rgb
 from dlbench.eval.tokenizer_metrics import TokenizerMetricsAccumulator
 from dlbench.interfaces import ImageDataset, Tokenizer
 from dlbench.shipped import install_reference_features
 
 __all__ = ["evaluate_samples", "evaluate_tokenizer", "bind_reference", "quantize_uint8"]
-
-
-def quantize_uint8(images: torch.Tensor) -> torch.Tensor:
-    """The protocol's uint8 round trip, keeping channels: float in [-1, 1] -> uint8; uint8 as is."""
-    if images.dtype == torch.uint8:
-        return images
-    if not images.is_floating_point():
-        raise ProtocolError(f"images must be uint8 or float in [-1, 1], got {images.dtype}")
-    return ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def _dataset_name(dataset: ImageDataset) -> str:

@@ -1,10 +1,11 @@
-"""Evaluation backends: torch-fidelity and clean-fid, called as they are meant to be called.
+"""Evaluation backends: torch-fidelity and clean-fid (:mod:`dlbench.eval.cleanfid_backend`), called as they
+are meant to be called.
 
 No FID/KID/precision-recall math lives here: torch-fidelity's metric functions (``metric_fid``,
 ``metric_kid``, ``metric_prc``, ``metric_isc``) and clean-fid's ``get_folder_features`` /
 ``frechet_distance`` / ``kernel_distance`` compute them. dlbench only (1) applies the protocol's
 uint8 round trip (and gray -> RGB), (2) extracts the torch-fidelity backend's features with
-:class:`~dlbench.eval.inception.FidInception` (torch-fidelity's network and resize, BN-folded and
+:class:`~dlbench.eval.fid_inception.FidInception` (torch-fidelity's network and resize, BN-folded and
 fused: within 1e-4 of torch-fidelity's own extractor in exact mode, several times faster in bf16
 mode) from the resolved offline Inception weights, and (3) caches the reference features under the
 dlbench cache dir keyed by :meth:`EvalProtocol.reference_key`.
@@ -12,10 +13,6 @@ dlbench cache dir keyed by :meth:`EvalProtocol.reference_key`.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,15 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dlbench.eval.inception import (
-    FidInception,
-    InceptionWeights,
-    build_fid_inception,
-    build_inception,
-    cache_dir,
-    inception_pool3_from_normalized,
-)
+from dlbench.eval.fid_inception import FidInception, build_fid_inception
+from dlbench.eval.inception import InceptionWeights, cache_dir
 from dlbench.eval.protocol import EvalProtocol, ProtocolError
+from dlbench.eval.quantize import to_uint8_rgb
 
 __all__ = [
     "to_uint8_rgb",
@@ -44,8 +36,6 @@ __all__ = [
     "feature_mode",
     "bf16_fid_deviation",
     "reference_feature_file",
-    "clean_fid_metrics",
-    "clean_fid_extractor",
 ]
 
 _TF_KEYS = {
@@ -58,26 +48,6 @@ _TF_KEYS = {
     "inception_score_mean": "isc_mean",
     "inception_score_std": "isc_std",
 }
-
-
-def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    """The protocol's quantisation rule: ``"n c H W"`` -> uint8 ``"n 3 H W"``.
-
-    Float input is taken to be in [-1, 1] and mapped by ``round(clamp((x + 1) * 127.5, 0, 255))``;
-    uint8 passes through. One channel is repeated to three (the Inception is an RGB network).
-    """
-    if images.dim() != 4:
-        raise ProtocolError(f"images must be 'n c H W', got shape {tuple(images.shape)}")
-    if images.dtype != torch.uint8:
-        if not images.is_floating_point():
-            raise ProtocolError(f"images must be uint8 or float in [-1, 1], got {images.dtype}")
-        images = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    c = images.shape[1]
-    if c == 1:
-        images = images.expand(-1, 3, -1, -1)
-    elif c != 3:
-        raise ProtocolError(f"images must have 1 or 3 channels, got {c}")
-    return images.contiguous()
 
 
 class Uint8ImageDataset(Dataset):
@@ -197,10 +167,10 @@ def _load_features(path: Path) -> dict[str, torch.Tensor] | None:
 
 
 def _save_features(path: Path, feats: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **{k: v.numpy() for k, v in feats.items()})
-    os.replace(tmp, path)
+    from dlbench.fsutil import atomic_write
+
+    with atomic_write(path) as fh:
+        np.savez(fh, **{k: v.numpy() for k, v in feats.items()})
 
 
 def feature_mode(protocol: EvalProtocol) -> str:
@@ -265,10 +235,10 @@ def bf16_fid_deviation(
            "max_abs_feature_diff": float((feats["bf16"] - feats["exact"]).abs().max()), "machine": machine,
            "torch": torch.__version__}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(out, indent=2))
-        os.replace(tmp, path)
+        from dlbench.fsutil import atomic_write
+
+        with atomic_write(path) as fh:
+            fh.write(json.dumps(out, indent=2).encode())
     return out
 
 
@@ -345,111 +315,6 @@ def torch_fidelity_metrics(
     return out, unavailable
 
 
-# ---------------------------------------------------------------------------------------------
-# clean-fid
-# ---------------------------------------------------------------------------------------------
-
-
-def clean_fid_extractor(weights: InceptionWeights, device: torch.device | str = "cpu"):
-    """A ``custom_feat_extractor`` for clean-fid built from the resolved weights (no download).
-
-    clean-fid hands it float ``"b 3 299 299"`` in [0, 255] (already resized by PIL bicubic) and its
-    own ``InceptionV3W`` computes ``layers((x - 128) / 128)``; this does the same on torch-fidelity's
-    module, whose conv/BN weights are the same network (checked at conversion).
-    """
-    net = build_inception(weights).to(device)
-
-    @torch.no_grad()
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device, torch.float32)
-        assert x.shape[2:] == (299, 299), f"clean-fid should resize to 299 first, got {tuple(x.shape)}"
-        return inception_pool3_from_normalized(net, (x - 128) / 128)
-
-    return fn
-
-
-def write_png_folder(images: Dataset, folder: str | os.PathLike) -> Path:
-    """Write uint8 ``"3 H W"`` items losslessly as PNG (clean-fid reads image folders)."""
-    from PIL import Image
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(len(images)):  # type: ignore[arg-type]
-        arr = images[i].permute(1, 2, 0).numpy()
-        Image.fromarray(arr).save(folder / f"{i:07d}.png")
-    return folder
-
-
-def _clean_features(images: Uint8ImageDataset, fn, batch_size: int, device: torch.device,
-                    stage: str = "inception_features") -> np.ndarray:
-    from cleanfid import fid as cfid
-
-    from dlbench.observe.progress import task
-
-    with tempfile.TemporaryDirectory(prefix="dlbench-cleanfid-") as tmp:
-        write_png_folder(images, tmp)
-        with task(stage, len(images), "images") as bar:
-
-            def counted(x: torch.Tensor) -> torch.Tensor:
-                out = fn(x)
-                bar.update(advance=len(x))
-                return out
-
-            with contextlib.redirect_stdout(io.StringIO()):
-                return cfid.get_folder_features(
-                    tmp, counted, num_workers=0, batch_size=batch_size, device=device, mode="clean", verbose=False
-                )
-
-
-def clean_fid_metrics(
-    generated: torch.Tensor | Dataset,
-    reference: torch.Tensor | Dataset,
-    protocol: EvalProtocol,
-    weights: InceptionWeights,
-    *,
-    reference_cache_name: str | None = None,
-    device: torch.device | str = "cpu",
-    batch_size: int = 64,
-) -> tuple[dict[str, float], dict[str, str]]:
-    """clean-fid (``mode="clean"``) FID and KID; returns ``(metrics, unavailable)``."""
-    from cleanfid import fid as cfid
-
-    device = torch.device(device)
-    gen, ref = _as_dataset(generated), _as_dataset(reference, protocol.num_reference)
-    fn = clean_fid_extractor(weights, device)
-    cache_file = cache_dir() / "clean-fid" / f"{reference_cache_name}.npz" if reference_cache_name else None
-    if cache_file is not None and cache_file.is_file():
-        from dlbench.safeload import CorruptFileError, np_load
-
-        ref_feats = np_load(cache_file, what="clean-fid reference features").get("feats")
-        if ref_feats is None or ref_feats.ndim != 2:
-            raise CorruptFileError(f"{cache_file}: clean-fid reference features lack a 2-d 'feats' array; delete it")
-    else:
-        ref_feats = _clean_features(ref, fn, batch_size, device, "inception_features/reference")
-        if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
-            np.savez(tmp, feats=ref_feats)
-            os.replace(tmp, cache_file)
-    gen_feats = _clean_features(gen, fn, batch_size, device, "inception_features/generated")
-    out: dict[str, float] = {}
-    if "fid" in protocol.inception_metrics:
-        mu1, s1 = np.mean(gen_feats, axis=0), np.cov(gen_feats, rowvar=False)
-        mu2, s2 = np.mean(ref_feats, axis=0), np.cov(ref_feats, rowvar=False)
-        out["fid"] = float(cfid.frechet_distance(mu1, s1, mu2, s2))
-    if "kid" in protocol.inception_metrics:
-        # kernel_distance draws subsets from numpy's global RNG: seed it locally and restore it
-        state = np.random.get_state()
-        try:
-            np.random.seed(protocol.kid_seed)
-            out["kid_mean"] = cfid.kernel_distance(
-                gen_feats, ref_feats, num_subsets=protocol.kid_subsets, max_subset_size=protocol.kid_subset_size
-            )
-        finally:
-            np.random.set_state(state)
-    return out, {}
-
-
 def compute_backend_metrics(
     generated: torch.Tensor | Dataset,
     reference: torch.Tensor | Dataset,
@@ -465,6 +330,18 @@ def compute_backend_metrics(
             "comparable. Point DLBENCH_INCEPTION_WEIGHTS at the matching file or re-resolve the protocol"
         )
     if protocol.backend == "clean-fid":
+        from dlbench.eval.cleanfid_backend import clean_fid_metrics
+
         kwargs.pop("events", None)  # clean-fid extracts inside its own loop
-    fn = {"torch-fidelity": torch_fidelity_metrics, "clean-fid": clean_fid_metrics}[protocol.backend]
+        return clean_fid_metrics(generated, reference, protocol, weights, **kwargs)
+    fn = {"torch-fidelity": torch_fidelity_metrics}[protocol.backend]
     return fn(generated, reference, protocol, weights, **kwargs)
+
+
+def __getattr__(name: str):
+    # the clean-fid backend moved to dlbench.eval.cleanfid_backend; older imports from here keep working
+    if name in {"clean_fid_extractor", "clean_fid_metrics", "write_png_folder"}:
+        from dlbench.eval import cleanfid_backend
+
+        return getattr(cleanfid_backend, name)
+    raise AttributeError(f"module 'dlbench.eval.backends' has no attribute {name!r}")

@@ -183,10 +183,10 @@ def train_domain_classifier(
         "train_seconds": time.perf_counter() - t0,
     }
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
-        os.replace(tmp, path)
+        from dlbench.fsutil import atomic_write
+
+        with atomic_write(path) as fh:
+            torch.save({"state_dict": model.state_dict(), "info": info}, fh)
         info["path"] = str(path)
     return model, info
 

@@ -8,7 +8,8 @@ import torch
 from pydantic import Field
 
 from dlbench.eval.backends import to_uint8_rgb
-from dlbench.eval.inception import build_fid_inception, resolve_inception_weights
+from dlbench.eval.fid_inception import build_fid_inception
+from dlbench.eval.inception import resolve_inception_weights
 from dlbench.interfaces import ComponentConfig, FeatureExtractor
 
 __all__ = ["InceptionFIDExtractor"]

@@ -25,6 +25,10 @@ own loss's gradient (taming alternates two Adam optimizers with equal lr on the 
 Quantizer: ``straight-through`` (codebook + commitment losses) or ``ema`` (VQ-VAE App. A.1), with
 dead-code restarts from the batch's encoder outputs every ``restart_every`` steps (as in
 :mod:`dlbench.nn.vqvae`).
+
+Longer than ~350 lines because the encoder/decoder keep taming-transformers' module layout and parameter
+names in one file, so released checkpoints load unchanged; checkpoint import (:mod:`dlbench.nn.vqgan_import`)
+and the discriminator/loss (:mod:`dlbench.nn.vqgan_loss`) are separate.
 """
 
 from __future__ import annotations

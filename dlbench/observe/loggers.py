@@ -91,8 +91,8 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-#: events the training loop and pipeline write that are not scalar series (``eval`` repeats ``evaluation``)
-_NOT_SCALARS = {"run_start", "run_end", "checkpoint", "tokenizer", "samples", "recon", "evaluation", "eval",
+#: events the training loop and the runner write that are not scalar series
+_NOT_SCALARS = {"run_start", "run_end", "checkpoint", "tokenizer", "samples", "recon", "evaluation",
                 "warning", "failure", "sampling"}
 
 

@@ -12,6 +12,8 @@ import base64
 import html
 import math
 from pathlib import Path
+from typing import Any
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -19,23 +21,36 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from dlbench.report.compare import Comparison  # noqa: E402
 from dlbench.report.render import _diff_cells, _footer, _table_cells  # noqa: E402
-from dlbench.runs import RunDir  # noqa: E402
+from dlbench.runs import EVENT_EVALUATION, EVENT_GENERATOR_TRAIN, RunDir  # noqa: E402
 
-TRAIN_EVENTS = ("train", "train_log", "log")
 SKIP_KEYS = {"time", "event", "step", "stage", "rank", "lr", "images_seen", "elapsed_s", "it_per_s", "eta_s"}
 
+Series = dict[str, list[tuple[int, float]]]
 
-def _series(run_path: Path, kinds: tuple[str, ...], stage: str | None = "generator") -> dict[str, list[tuple[int, float]]]:
-    out: dict[str, list[tuple[int, float]]] = {}
+
+def _add_points(out: Series, step: int, fields: dict[str, Any]) -> None:
+    for k, v in fields.items():
+        if k in SKIP_KEYS or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            continue
+        out.setdefault(k, []).append((step, float(v)))
+
+
+def run_series(run_path: Path, protocol_hash: str | None = None) -> dict[str, Series]:
+    """The curves of one run from its events.jsonl, under the names the runner writes them
+    (:data:`dlbench.runs.EVENT_GENERATOR_TRAIN`, ``diagnostics`` of that stage,
+    :data:`dlbench.runs.EVENT_EVALUATION` with a step, under ``protocol_hash`` when given):
+    ``{"loss": {term: [(step, value)]}, "diagnostics": {...}, "metrics": {...}}``."""
+    out: dict[str, Series] = {"loss": {}, "diagnostics": {}, "metrics": {}}
     for ev in RunDir(run_path).events():
-        if ev.get("event") not in kinds or "step" not in ev:
+        kind, step = ev.get("event"), ev.get("step")
+        if not isinstance(step, int):
             continue
-        if stage and ev.get("stage", "generator") != stage:
-            continue
-        for k, v in ev.items():
-            if k in SKIP_KEYS or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                continue
-            out.setdefault(k, []).append((int(ev["step"]), float(v)))
+        if kind == EVENT_GENERATOR_TRAIN:
+            _add_points(out["loss"], step, ev)
+        elif kind == "diagnostics" and ev.get("stage") == EVENT_GENERATOR_TRAIN:
+            _add_points(out["diagnostics"], step, ev)
+        elif kind == EVENT_EVALUATION and (protocol_hash is None or ev.get("protocol_hash") == protocol_hash):
+            _add_points(out["metrics"], step, ev.get("metrics") or {})
     return out
 
 
@@ -68,11 +83,11 @@ def _plot(series_by_method: dict[str, dict[str, list[tuple[int, float]]]], keys:
     return path
 
 
-def _merge_seeds(paths: list[Path], kinds: tuple[str, ...], stage: str | None) -> dict[str, list[tuple[int, float]]]:
-    """Mean over seeds at each step (the curves of one method)."""
+def _merge_seeds(paths: list[Path], which: str, protocol_hash: str | None = None) -> Series:
+    """Mean over seeds at each step of the ``which`` curves of :func:`run_series` (the curves of one method)."""
     acc: dict[str, dict[int, list[float]]] = {}
     for p in paths:
-        for k, pts in _series(p, kinds, stage).items():
+        for k, pts in run_series(p, protocol_hash)[which].items():
             for step, v in pts:
                 acc.setdefault(k, {}).setdefault(step, []).append(v)
     return {k: [(s, sum(v) / len(v)) for s, v in sorted(d.items())] for k, d in acc.items()}
@@ -95,9 +110,9 @@ def write_report(cmp: Comparison, out_dir: Path, title: str = "dlbench compariso
     out_dir.mkdir(parents=True, exist_ok=True)
     by_method_paths = {s.label: [r.path for r in s.runs] for s in cmp.summaries}
 
-    losses = {m: _merge_seeds(p, TRAIN_EVENTS, "generator") for m, p in by_method_paths.items()}
-    diags = {m: _merge_seeds(p, ("diagnostics",), None) for m, p in by_method_paths.items()}
-    evals = {m: _merge_seeds(p, ("eval",), None) for m, p in by_method_paths.items()}
+    losses = {m: _merge_seeds(p, "loss") for m, p in by_method_paths.items()}
+    diags = {m: _merge_seeds(p, "diagnostics") for m, p in by_method_paths.items()}
+    evals = {m: _merge_seeds(p, "metrics", cmp.protocol_hash) for m, p in by_method_paths.items()}
     # final metrics as the last point of the metric-vs-step curves
     for s in cmp.summaries:
         steps = [int((r.metrics.get("compute") or {}).get("train_steps") or 0) for r in s.runs]

@@ -1,7 +1,7 @@
 """Helpers every runner stage uses: the runner's error, the cache root, console, event sink, PNG grids.
 
-Image conversions follow the evaluation protocol (:func:`dlbench.eval.protocol.to_uint8`); nothing here
-knows about a particular stage.
+Images go back to uint8 by the evaluation protocol's rule (:func:`dlbench.eval.quantize.quantize_uint8`);
+nothing here knows about a particular stage.
 """
 
 from __future__ import annotations
@@ -31,11 +31,6 @@ def cache_root() -> Path:
 def to_float_images(u8: torch.Tensor) -> torch.Tensor:
     """uint8 ``"b c H W"`` -> float in [-1, 1]."""
     return u8.float() / 127.5 - 1.0
-
-
-def to_uint8_images(x: torch.Tensor) -> torch.Tensor:
-    """float ``"b c H W"`` in [-1, 1] -> uint8 (the evaluation protocol's rounding)."""
-    return ((x.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def save_grid(images_u8: torch.Tensor, path: Path, nrow: int = 8) -> None:

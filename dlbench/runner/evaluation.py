@@ -11,7 +11,7 @@ import torch
 
 from dlbench.interfaces import ImageDataset, Method, Tokenizer
 from dlbench.runner.common import PipelineError, console
-from dlbench.runs import RunDir
+from dlbench.runs import EVENT_EVALUATION, RunDir
 from dlbench.train.dist import DistContext
 
 if TYPE_CHECKING:
@@ -113,5 +113,5 @@ def evaluate_run(run_dir: RunDir, registry: Registry, *, protocol: str | None = 
             metrics = {}
         metrics.update(ev)
         run_dir.write_json("metrics.json", metrics)
-    run_dir.event("evaluation", protocol_hash=ev["protocol_hash"], metrics=ev["metrics"])
+    run_dir.event(EVENT_EVALUATION, protocol_hash=ev["protocol_hash"], metrics=ev["metrics"])
     return ev

@@ -12,7 +12,7 @@ from torch import nn
 
 from dlbench.interfaces import ImageDataset, Method, MethodContext, Tokenizer
 from dlbench.runner.common import PipelineError
-from dlbench.runs import RunDir
+from dlbench.runs import EVENT_GENERATOR_TRAIN, RunDir
 from dlbench.train.dist import DistContext
 from dlbench.train.loop import TensorBatches, TrainResult, train
 
@@ -79,7 +79,7 @@ def train_generator(cfg: RunConfig, method: Method, tensors: tuple[Any, ...], tr
         TensorBatches(*tensors, batch_size=cfg.training.batch_size, seed=cfg.seed, rank=ctx.rank,
                       world=ctx.world_size),
         training, ctx=ctx, checkpoint_dir=run_dir.checkpoints, resume=resume, config_record=record,
-        events=emit, diagnostics=method.diagnostics, stage="train", seed=cfg.seed, on_step=on_step,
+        events=emit, diagnostics=method.diagnostics, stage=EVENT_GENERATOR_TRAIN, seed=cfg.seed, on_step=on_step,
     )
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from dlbench.interfaces import Method, Tokenizer
-from dlbench.runner.common import save_grid, to_uint8_images
+from dlbench.eval.quantize import quantize_uint8
+from dlbench.runner.common import save_grid
 from dlbench.runs import RunDir, atomic_write_bytes
 from dlbench.seeding import sample_seeds, shard_indices
 from dlbench.train.dist import DistContext, gather_by_index
@@ -57,7 +58,7 @@ def sample_tokens(
 @torch.no_grad()
 def decode_tokens(tokenizer: Tokenizer, tokens: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
     """uint8 images ``"n c H W"`` from tokens ``"n h w"``."""
-    return torch.cat([to_uint8_images(tokenizer.decode(tokens[i : i + batch_size].to(device)))
+    return torch.cat([quantize_uint8(tokenizer.decode(tokens[i : i + batch_size].to(device)))
                       for i in range(0, len(tokens), batch_size)])
 
 

@@ -19,7 +19,7 @@ from dlbench.runner.generator_stage import train_generator
 from dlbench.runner.sampling import decode_tokens, sample_labels, sample_tokens, write_samples
 from dlbench.runner.tokenizer_stage import get_tokenizer, write_recon_grid
 from dlbench.runner.tokens import heldout_tokens, skipped_report, tokenize_split
-from dlbench.runs import RunDir
+from dlbench.runs import EVENT_EVALUATION, RunDir
 from dlbench.train.dist import init_distributed, rank_local
 from dlbench.train.loop import TrainingDiverged
 
@@ -104,8 +104,7 @@ def execute(cfg: RunConfig, registry: Registry, run_dir: RunDir, *, resume: bool
         calibrate(metrics, generator, tokens, tokenizer, dataset, key, protocol, rank_local(ctx), labels is not None,
                   cfg, curves)
         run_dir.write_json("protocol.json", {**protocol.model_dump(mode="json"), "hash": ev["protocol_hash"]})
-        emit("evaluation", protocol_hash=ev["protocol_hash"], metrics=ev["metrics"])
-        emit("eval", step=result.step, **{k: v for k, v in ev["metrics"].items() if isinstance(v, (int, float))})
+        emit(EVENT_EVALUATION, step=result.step, protocol_hash=ev["protocol_hash"], metrics=ev["metrics"])
     try:
         report = generator.end_of_training_report(*heldout_tokens(tokenizer, dataset, key, ctx, labels is not None))
         if report:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dlbench.eval.quantize import quantize_uint8
 from dlbench.interfaces import ImageDataset, Tokenizer
 from dlbench.runner.common import PipelineError, cache_root, console, digest, events_for, save_grid
-from dlbench.runner.common import to_float_images, to_uint8_images
-from dlbench.runs import RunDir, atomic_write_bytes, atomic_write_json, read_json
+from dlbench.runner.common import to_float_images
+from dlbench.runs import EVENT_TOKENIZER_TRAIN, RunDir, atomic_write_bytes, atomic_write_json, read_json
 from dlbench.train.dist import DistContext
 from dlbench.train.loop import TensorBatches, train
 
@@ -107,7 +108,8 @@ def get_tokenizer(
             TensorBatches(images, batch_size=tcfg.batch_size, seed=cfg.tokenizer.seed, rank=ctx.rank,
                           world=ctx.world_size),
             tcfg, ctx=ctx, checkpoint_dir=folder / "checkpoints", resume=True,
-            config_record={"tokenizer_key": key}, events=emit, stage="tokenizer_train", seed=cfg.tokenizer.seed,
+            config_record={"tokenizer_key": key}, events=emit, stage=EVENT_TOKENIZER_TRAIN,
+            seed=cfg.tokenizer.seed,
         )
         final = result.ema.shadow if result.ema is not None else tokenizer
         if final is not tokenizer:
@@ -136,7 +138,7 @@ def write_recon_grid(tokenizer: Tokenizer, dataset: ImageDataset, path: Path, ct
 
     split = "test" if split_available(dataset, "test") else "train"
     images, _ = load_split_tensors(dataset, split, limit=32)
-    recon = to_uint8_images(tokenizer.decode(tokenizer.encode(to_float_images(images).to(ctx.device))))
+    recon = quantize_uint8(tokenizer.decode(tokenizer.encode(to_float_images(images).to(ctx.device))))
     rows = []
     for i in range(0, len(images), 8):
         rows += [images[i : i + 8], recon[i : i + 8]]

@@ -223,8 +223,8 @@ def install_reference_features(reference_key: str, cache_name: str, directory: s
         raise ShippedArtifactError(
             f"shipped reference-features {entry['file']}: {tuple(feats.shape)} {feats.dtype}, manifest says {entry['shape']}"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **{"2048": feats})
-    os.replace(tmp, target)
+    from dlbench.fsutil import atomic_write
+
+    with atomic_write(target) as fh:
+        np.savez(fh, **{"2048": feats})
     return True

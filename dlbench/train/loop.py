@@ -8,6 +8,10 @@ logging. The model is trained through ``loss_fn(model, batch) -> (loss, terms)``
 Determinism: batches are a pure function of ``(seed, step)`` (:class:`TensorBatches`) and the
 global RNG states travel in the checkpoint, so on CPU ``N`` straight steps and ``N/2 + resume +
 N/2`` give bit-identical parameters.
+
+Longer than ~350 lines because :func:`train` is one loop whose features (budget, EMA, checkpoints and
+exact resume, NaN guards, autocast, DDP, logging) share its per-step state; checkpoint I/O, distributed
+helpers and accumulation already live in their own modules.
 """
 
 from __future__ import annotations
