@@ -189,10 +189,9 @@ class TimmFoundation(FeatureExtractor):
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``"b c H W" -> "b f"``: mean patch token at the architecture's native grid."""
+        """uint8 ``"b c H W" -> "b f"``: mean patch token on a 16 x 16 grid (VA-VAE's 224 px for patch 14)."""
         x = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
-        side = int(self._model.patch_embed.img_size[0]) // self.patch
-        return self.feature_grid(x, (side, side)).mean((2, 3))
+        return self.feature_grid(x, (16, 16)).mean((2, 3))
 
 
 class DINOv2Config(TimmFoundationConfig):
