@@ -1,7 +1,7 @@
 """dlbench hooks of the VA-VAE plugin (entry point ``vavae = "dlbench_vavae.plugin"``).
 
-Registers ``regularizer/vf-alignment``, ``feature_extractor/dinov2``, ``feature_extractor/mae`` and
-``tokenizer/vqvae-vf``.
+Registers ``regularizer/vf-alignment``, ``feature_extractor/dinov2``, ``feature_extractor/mae``,
+``tokenizer/vqvae-vf``, ``tokenizer/kl-vae`` and ``tokenizer/kl-vae-vf`` (continuous).
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ def register_feature_extractors(register):
 
 @hookimpl
 def register_tokenizers(register):
+    from .klvae import KLVAE, KLVAEVFConfig
     from .tokenizers import VQVAEVF
 
     register("vqvae-vf", VQVAEVF, description="conv VQ-VAE + VA-VAE VF alignment on the pre-quantization latent")
+    register("kl-vae", KLVAE, description="continuous LDM-style KL autoencoder, channel-wise latent normalisation")
+    register("kl-vae-vf", KLVAE, config=KLVAEVFConfig, description="kl-vae + VA-VAE VF alignment (VA-VAE)")
