@@ -106,6 +106,17 @@ class VFAlignment(Regularizer):
         self.proj = nn.Conv2d(d, int(ext.dim), 1, bias=False)  # Z' = W Z (Eq. 1, reverse_proj)
         self.last_terms: dict[str, torch.Tensor] = {}
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> "VFAlignment":
+        """Copies (e.g. the tokenizer's EMA shadow) share the frozen foundation network instead of duplicating it."""
+        import copy
+
+        memo[id(self.foundation)] = self.foundation
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
+
     def run_metadata(self) -> dict[str, Any]:
         """Which foundation features the latent was aligned to, and what that favours."""
         ext, name = self.foundation, self.config.foundation

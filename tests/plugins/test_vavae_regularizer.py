@@ -133,3 +133,14 @@ def test_regvq_passes_the_adaptive_keywords(registry):
     tok.add_regularizer("vf", 0.1, reg)
     _, terms = tok.training_loss(torch.rand(2, 1, 16, 16) * 2 - 1)
     assert torch.isfinite(terms["vf"]) and reg.last_terms["vf_adaptive_weight"] > 0
+
+
+def test_copies_share_the_frozen_foundation(registry):
+    import copy
+
+    spec = registry.get("tokenizer", "vqvae-vf")
+    tok = spec.build({"channels": 8, "code_dim": 4, "codebook_size": 16, "vf": VF}, channels=1, resolution=16)
+    twin = copy.deepcopy(tok)  # what the tokenizer EMA does
+    assert twin.vf.foundation is tok.vf.foundation
+    assert twin.vf.proj.weight is not tok.vf.proj.weight and torch.equal(twin.vf.proj.weight, tok.vf.proj.weight)
+    assert twin.regularizers[0][2] is twin.vf  # the hook list points at the copy's own module
