@@ -105,3 +105,6 @@ def test_registered_and_vf_on_kl_vae(registry):  # noqa: F811
     loss.backward()
     assert tok.vf.proj.weight.grad.abs().sum() > 0 and tok.encoder[-1].weight.grad.abs().sum() > 0
     assert registry.get("tokenizer", "kl-vae").build({}, channels=1, resolution=16).vf is None
+    tok.zero_grad(set_to_none=True)
+    tok.finish_training((torch.rand(4, 1, 16, 16) * 255).to(torch.uint8))
+    check_continuous_tokenizer(tok, channels=1, resolution=16)
