@@ -121,7 +121,9 @@ class VFAlignment(Regularizer):
         """Which foundation features the latent was aligned to, and what that favours."""
         ext, name = self.foundation, self.config.foundation
         bias = FOUNDATION_BIAS.get(name) or getattr(ext, "bias", "") or "not documented for this extractor"
-        return {"foundation": name, "foundation_params": self.config.foundation_params,
+        params = self.config.foundation_params
+        params = FOUNDATION_DEFAULT_PARAMS.get(name, {}) if params is None else params
+        return {"foundation": name, "foundation_params": params,
                 "foundation_dim": int(ext.dim), "foundation_weights_sha256": ext.weights_sha256(),
                 "foundation_bias": bias}
 

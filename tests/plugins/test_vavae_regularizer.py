@@ -120,6 +120,7 @@ def test_default_foundation_is_offline_inception_stem(registry):
     tok = spec.build({"channels": 8, "code_dim": 4, "codebook_size": 16}, channels=1, resolution=32)
     meta = tok.run_metadata()["vf_alignment"]
     assert meta["foundation"] == "inception-early" and meta["foundation_dim"] == 192
+    assert meta["foundation_params"] == {"layers": ["conv_4"]}  # the effective params, not None
     assert "evaluation metric's own network" in meta["foundation_bias"] and meta["foundation_weights_sha256"]
     loss, terms = tok.training_loss(torch.rand(2, 1, 32, 32) * 2 - 1)
     assert torch.isfinite(loss) and terms["vf_adaptive_weight"] > 0
