@@ -176,9 +176,12 @@ def get_tokenizer(
         final = result.ema.shadow if result.ema is not None else tokenizer
         if final is not tokenizer:
             tokenizer.load_state_dict(final.state_dict())
+        finish = getattr(tokenizer, "finish_training", None)  # optional: e.g. kl-vae's latent statistics
+        finished = finish(images) if callable(finish) else None
         info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
                 "training": result.record(), "dataset": cfg.dataset.name,
-                "train_fingerprint": dataset.fingerprint("train")}
+                "train_fingerprint": dataset.fingerprint("train"),
+                **({"finish_training": finished} if finished is not None else {})}
         if ctx.is_main:
             import io
 
@@ -440,7 +443,10 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
         "training": result.record(),
         "engine": {**_engine_record(result.precision, ctx), "precision_requested": cfg.training.precision},
         "tokenizer": {"key": key, "name": cfg.tokenizer.name, "training": tok_info.get("training"),
-                      "source": tok_info.get("source", "trained")},
+                      "source": tok_info.get("source", "trained"),
+                      # optional Tokenizer.run_metadata(): e.g. which foundation features a VF-aligned latent used
+                      **({"metadata": tokenizer.run_metadata()} if callable(getattr(tokenizer, "run_metadata", None))
+                         else {})},
         "sampling": {"num_samples": s.num_samples, "steps": s.steps, "guidance": s.guidance,
                      "nfe_per_sample": _nfe(method, s), "seed": s.seed},
         "seeds": {"train": cfg.seed, "sample": s.seed, "tokenizer": cfg.tokenizer.seed},
