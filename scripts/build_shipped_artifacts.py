@@ -34,7 +34,8 @@ Regenerate (about 25 minutes on 2 CPU cores, most of it the tokenizer and the an
     python scripts/build_shipped_artifacts.py --only tokenizer --cache /tmp/dlbench-build
 
 ``--cache DIR`` keeps the build's cache (default: a temporary directory, removed afterwards); a
-tokenizer already trained there under the same key is reused, not retrained.
+tokenizer already trained there under the same key is reused, not retrained, and so is an anchor record a
+``dlbench run`` computed there (the same ``compute_anchor_record`` call, from the shipped artefacts).
 """
 
 from __future__ import annotations
@@ -154,12 +155,12 @@ def build_reference_features(cfg, dataset, out: Path) -> dict:
 
 
 def build_anchors(cfg, dataset, out: Path) -> dict:
-    from dlbench.eval.anchors import anchor_key
+    from dlbench.eval.anchors import anchor_key, find_anchors
     from dlbench.eval.api import bind_reference
     from dlbench.shipped import write_artifact
     from dlbench.train.calibration import compute_anchor_record
     from dlbench.train.dist import init_distributed
-    from dlbench.train.pipeline import _resolve_protocol, get_tokenizer
+    from dlbench.train.pipeline import _resolve_protocol, cache_root, get_tokenizer
 
     saved = os.environ.pop("DLBENCH_NO_SHIPPED", None)  # anchors are relative to the shipped artefacts
     try:
@@ -172,8 +173,13 @@ def build_anchors(cfg, dataset, out: Path) -> dict:
         akey = anchor_key(fingerprints=fingerprints, tokenizer_key=key, protocol_hash=protocol.hash(),
                           n=protocol.num_generated, seed=0)
         t0 = time.perf_counter()
-        record = compute_anchor_record(protocol, dataset, tokenizer, key, ctx, akey=akey,
-                                       fingerprints=fingerprints, seed=0, log=print)
+        cached = find_anchors(akey, cache_root() / "anchors")  # computed by a run in this --cache: the same call
+        if cached is not None and cached.get("source") != "shipped":
+            print(f"anchors {akey}: reusing the record computed in this cache", flush=True)
+            record = cached
+        else:
+            record = compute_anchor_record(protocol, dataset, tokenizer, key, ctx, akey=akey,
+                                           fingerprints=fingerprints, seed=0, log=print)
         seconds = time.perf_counter() - t0
     finally:
         if saved is not None:
