@@ -155,7 +155,7 @@ def build_reference_features(cfg, dataset, out: Path) -> dict:
 
 
 def build_anchors(cfg, dataset, out: Path) -> dict:
-    from dlbench.eval.anchors import anchor_key, find_anchors
+    from dlbench.eval.anchors import anchor_key
     from dlbench.eval.api import bind_reference
     from dlbench.shipped import write_artifact
     from dlbench.train.calibration import compute_anchor_record
@@ -173,13 +173,12 @@ def build_anchors(cfg, dataset, out: Path) -> dict:
         akey = anchor_key(fingerprints=fingerprints, tokenizer_key=key, protocol_hash=protocol.hash(),
                           n=protocol.num_generated, seed=0)
         t0 = time.perf_counter()
-        cached = find_anchors(akey, cache_root() / "anchors")  # computed by a run in this --cache: the same call
-        if cached is not None and cached.get("source") != "shipped":
-            print(f"anchors {akey}: reusing the record computed in this cache", flush=True)
-            record = cached
-        else:
-            record = compute_anchor_record(protocol, dataset, tokenizer, key, ctx, akey=akey,
-                                           fingerprints=fingerprints, seed=0, log=print)
+        # a record a run computed in this --cache is the same call's result; a run computing it right now holds
+        # the lock, and this waits for it
+        record = compute_anchor_record(protocol, dataset, tokenizer, key, ctx, akey=akey,
+                                       fingerprints=fingerprints, seed=0, log=print)
+        if record.get("source") == "shipped":
+            raise SystemExit(f"{cache_root()}: anchors {akey} were installed from a shipped copy; use a fresh --cache")
         seconds = time.perf_counter() - t0
     finally:
         if saved is not None:

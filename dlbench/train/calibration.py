@@ -105,8 +105,28 @@ def compute_anchor_record(
     protocol: Any, dataset: ImageDataset, tokenizer: Tokenizer, key: str, ctx: DistContext, *, akey: str,
     fingerprints: dict[str, str], seed: int = 0, log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Compute the anchor record ``akey`` of a reference-bound ``protocol`` (no lookup) and store it in the
-    cache (rank 0). ``scripts/build_shipped_artifacts.py --only anchors`` calls this directly."""
+    """Compute the anchor record ``akey`` of a reference-bound ``protocol`` and store it in the cache (rank 0).
+    ``scripts/build_shipped_artifacts.py --only anchors`` calls this directly.
+
+    Processes sharing a cache compute a record once: the computation holds ``anchors/.<akey>.lock``, and a
+    process that waited on it returns the record the holder wrote.
+    """
+    from dlbench.fsutil import exclusive
+    from dlbench.train.pipeline import cache_root
+
+    folder = cache_root() / "anchors"
+    with exclusive(folder / f".{akey}.lock"):
+        found = find_anchors(akey, folder)
+        if found is not None:
+            return found
+        return _compute_anchor_record(protocol, dataset, tokenizer, key, ctx, akey=akey, fingerprints=fingerprints,
+                                      seed=seed, log=log)
+
+
+def _compute_anchor_record(
+    protocol: Any, dataset: ImageDataset, tokenizer: Tokenizer, key: str, ctx: DistContext, *, akey: str,
+    fingerprints: dict[str, str], seed: int, log: Callable[[str], None] | None,
+) -> dict[str, Any]:
     from dlbench.data import load_split_tensors
     from dlbench.eval.api import evaluate_samples
     from dlbench.train.pipeline import cache_root, decode_tokens, tokenize_split
