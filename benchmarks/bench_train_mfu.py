@@ -5,7 +5,8 @@ at batch 64 over 8x8 tokens (codebook 256, 10 classes), for VQ-Diffusion and VQ-
 configs), in fp32 and bf16 autocast:
 
 - **train step**: the real training loop (``dlbench.train.loop.train``: forward, backward, grad clip,
-  AdamW, EMA, the method's own per-step hook), timed per step over ``--steps`` steps after warm-up;
+  AdamW, EMA, the method's own per-step hook), timed per step as the difference between a run of
+  ``warmup + --steps`` steps and one of ``warmup`` steps (the loop's one-off setup cancels);
 - **sampling**: ``method.sample`` of 64 samples with ``--sample-steps`` steps, under autocast in bf16.
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, linear layers and
@@ -105,16 +106,23 @@ def count_sample_flops(method, n: int, steps: int) -> float:
 
 
 def time_train_step(method, precision: str, batch: int, steps: int, warmup: int) -> float:
-    """Seconds per step of the real training loop."""
+    """Seconds per step of the real training loop: the time of ``warmup + steps`` steps minus the time of
+    ``warmup`` steps, so the loop's one-off setup (optimizer, EMA copy, autocast/engine resolution) and the
+    first steps' allocator warm-up cancel instead of being charged to the few timed steps."""
     cfg = dict(batch_size=batch, lr=1e-4, warmup_steps=0, ema_decay=0.999, precision=precision,
                log_every=10**6, checkpoint_every=10**6)
     data = _data(batch)
-    train(method, _loss, TensorBatches(*data, batch_size=batch, seed=0), TrainingConfig(steps=warmup, **cfg),
-          show_progress=False)
-    t = time.perf_counter()
-    train(method, _loss, TensorBatches(*data, batch_size=batch, seed=1), TrainingConfig(steps=steps, **cfg),
-          show_progress=False)
-    return (time.perf_counter() - t) / steps
+
+    def run(n: int) -> float:
+        t = time.perf_counter()
+        train(method, _loss, TensorBatches(*data, batch_size=batch, seed=0), TrainingConfig(steps=n, **cfg),
+              show_progress=False)
+        return time.perf_counter() - t
+
+    run(max(warmup, 1))  # allocator and kernel warm-up
+    short = run(max(warmup, 1))
+    long = run(max(warmup, 1) + steps)
+    return max(long - short, 1e-9) / steps
 
 
 def time_sample(method, precision: str, n: int, steps: int) -> float:

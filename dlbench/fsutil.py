@@ -4,7 +4,8 @@ Temporary files and directories that dlbench writes carry the writer's pid
 (``.<name>.<pid>.<random>[.tmp]`` from :func:`temp_prefix`, or ``<name>.tmp<pid>``); a later start
 removes those whose process is gone (:func:`clean_stale_temps`), so a kill never leaves debris that
 grows with every retry. A full disk (``ENOSPC``/``EDQUOT``) while writing becomes one
-:class:`DiskFullError` line naming the file.
+:class:`DiskFullError` line naming the file. :func:`exclusive` serialises a once-per-cache computation
+between processes sharing a cache (the second waits, then finds the first one's result).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import BinaryIO, Iterator
 
 from dlbench.registry import DlbenchError
 
-__all__ = ["DiskFullError", "atomic_write", "disk_errors", "temp_prefix", "clean_stale_temps", "clean_cache_temps"]
+__all__ = ["DiskFullError", "atomic_write", "disk_errors", "temp_prefix", "clean_stale_temps", "clean_cache_temps",
+           "exclusive"]
 
 #: ``.<name>.<pid>.<8 random chars>`` (+ ``.tmp``): tempfile.mkstemp/mkdtemp with :func:`temp_prefix`
 _PREFIXED = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}(\.tmp)?$")
@@ -129,3 +131,26 @@ def clean_cache_temps(root: str | Path, depth: int = 3, min_age_s: float = 0.0) 
             if sub.is_dir() and not sub.is_symlink() and not sub.name.startswith("."):
                 removed += clean_cache_temps(sub, depth - 1, min_age_s=min_age_s)
     return removed
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block.
+
+    ``fcntl.flock`` on POSIX: the kernel drops it when the process dies, so a killed holder never leaves a
+    stale lock. Where ``fcntl`` does not exist (Windows) the block runs unlocked: the worst case is the
+    computation done twice, each result written atomically.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

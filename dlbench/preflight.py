@@ -152,6 +152,20 @@ def check_batch_memory(cfg: Any, dataset: Any) -> None:
             )
 
 
+def _check_latent_kind(cfg: Any, registry: Any) -> None:
+    """A tokenizer declaring ``latent_kind = "continuous"`` (float latents, no codebook) cannot feed a method
+    over token ids: refuse before the tokenizer is trained."""
+    tok = registry.get("tokenizer", cfg.tokenizer.name).factory
+    if getattr(tok, "latent_kind", "discrete") != "continuous":
+        return
+    requires = getattr(registry.get("method", cfg.method.name).factory, "requires", None)
+    if getattr(requires, "inputs", "token_ids") == "token_ids":
+        raise PreflightError(
+            f"tokenizer {cfg.tokenizer.name!r} gives continuous latents but method {cfg.method.name!r} trains on "
+            "discrete token ids; choose a discrete tokenizer (e.g. vqvae, vqvae-vf)"
+        )
+
+
 def preflight(cfg: Any, *, out: str | Path | None = None, dataset: Any = None, registry: Any = None) -> PreflightReport:
     """Check a resolved :class:`~dlbench.config.RunConfig` (see module docstring). Builds the dataset
     (listing files, not decoding images) unless one is given, from ``registry`` (default: the installed
@@ -165,6 +179,7 @@ def preflight(cfg: Any, *, out: str | Path | None = None, dataset: Any = None, r
         from dlbench.plugins import get_registry
 
         registry = get_registry()
+    _check_latent_kind(cfg, registry)
     if dataset is None:
         dataset = registry.get("dataset", cfg.dataset.name).build(cfg.dataset.params)
     name = cfg.dataset.name

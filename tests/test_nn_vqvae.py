@@ -110,6 +110,7 @@ def test_regularizer_hook_receives_tensors_and_adds_weighted_term():
     assert probe.seen == {
         "logits": (2, 4, 4, 16), "distances": (2, 4, 4, 16), "z_e": (2, 4, 4, 4), "z_q": (2, 4, 4, 4),
         "codes": (2, 4, 4), "images": (2, 1, 16, 16), "recon": (2, 1, 16, 16),
+        "rec_loss": (), "encoder_last_layer": tuple(m.encoder[-1].weight.shape),
     }
     base = terms["recon"] + 0.25 * terms["commit"] + terms["codebook"]
     torch.testing.assert_close(loss, base + 0.5 * terms["probe"])

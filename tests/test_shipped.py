@@ -23,7 +23,7 @@ from dlbench.runs import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSION_CACHE = os.environ["DLBENCH_CACHE"]  # conftest's; tests that ship their own artefacts move it
-KINDS = ("tokenizer", "domain-classifier", "reference-features")
+KINDS = ("tokenizer", "domain-classifier", "reference-features", "anchors")
 
 
 def _entries() -> dict[str, dict]:
@@ -116,6 +116,26 @@ def test_reference_features_are_those_of_the_reference_images():
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), (got - want).abs().max()
 
 
+@pytest.mark.weights
+def test_anchors_key_is_todays_default_run():
+    """The shipped anchor record is the one the README's run looks up: same tokenizer key, the run's own
+    protocol (token metrics in) bound to the reference set, the dataset's fingerprints, n and seed."""
+    from dlbench.eval.anchors import anchor_key
+    from dlbench.eval.api import bind_reference
+    from dlbench.runner.evaluation import resolve_run_protocol
+    from dlbench.runner.tokenizer_stage import tokenizer_key
+
+    entry = _entry("anchors")
+    cfg, ds = _default()
+    protocol = bind_reference(resolve_run_protocol(cfg), ds)
+    key = anchor_key(fingerprints={s: ds.fingerprint(s) for s in ds.splits}, tokenizer_key=tokenizer_key(cfg, ds),
+                     protocol_hash=protocol.hash(), n=protocol.num_generated, seed=0)
+    assert entry["key"] == key, "default run config changed: python scripts/build_shipped_artifacts.py --only anchors"
+    record = json.loads(shipped.verified_path(entry).read_text())
+    assert record["key"] == key and set(record["rows"]) == {"real", "reconstruction", "class_marginals", "marginals"}
+    assert record["tokenizer_key"] == _entry("tokenizer")["key"]
+
+
 def test_package_data_ships_every_manifest_file():
     """A non-editable install must carry the files (setuptools package-data)."""
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dlbench.shipped"]
@@ -165,11 +185,25 @@ def quick_shipped(tmp_path, monkeypatch):
         {"kind": "reference-features", "key": "feedfacefeedface", "shape": [50, 2048],
          **shipped.write_artifact(directory, "ref.npz", buf.getvalue())},
     ]
+    anchors = _anchor_record()
+    entries.append({"kind": "anchors", "key": anchors["key"],
+                    **shipped.write_artifact(directory, "anchors.json", json.dumps(anchors).encode())})
     shipped.write_manifest(directory, entries)
     monkeypatch.setattr(shipped, "SHIPPED_DIR", directory)
     monkeypatch.setenv("DLBENCH_CACHE", str(tmp_path / "cache"))
     return {"dir": directory, "entries": {e["kind"]: e for e in entries}, "tokenizer": tok, "classifier": clf,
-            "features": feats, "cfg": cfg, "ds": ds}
+            "features": feats, "cfg": cfg, "ds": ds, "anchors": anchors}
+
+
+def _anchor_record(**change) -> dict:
+    from dlbench.eval.anchors import anchor_key
+
+    inputs = {"fingerprints": {"train": "a" * 8, "test": "b" * 8}, "tokenizer_key": "c" * 16,
+              "protocol_hash": "d" * 12, "n": 20, "seed": 0}
+    key = anchor_key(**inputs)
+    rows = {name: {"metrics": {"fid": float(i)}} for i, name in
+            enumerate(("real", "reconstruction", "class_marginals", "marginals"))}
+    return {"version": "anchors-v1", "key": key, **inputs, "rows": rows, **change}
 
 
 def _flip_a_bit(path: Path) -> None:
@@ -223,12 +257,38 @@ def test_tampered_file_is_refused_naming_it(quick_shipped, tmp_path, kind):
         "tokenizer": lambda: shipped.install_tokenizer(entry["key"], tmp_path / "tok"),
         "domain-classifier": lambda: shipped.install_domain_classifier(entry["key"], tmp_path / "clf.pt"),
         "reference-features": lambda: shipped.install_reference_features(entry["key"], f"ref-{tmp_path.name}"),
+        "anchors": lambda: shipped.install_anchors(entry["key"], tmp_path / "anchors"),
     }[kind]
     with pytest.raises(shipped.ShippedArtifactError) as err:
         install()
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg and "sha256" in msg
-    assert not any((tmp_path / p).exists() for p in ("tok", "clf.pt", "tf"))  # nothing installed
+    assert not any((tmp_path / p).exists() for p in ("tok", "clf.pt", "tf", "anchors"))  # nothing installed
+
+
+def test_shipped_anchors_install_into_the_cache_and_a_lookup_finds_them(quick_shipped, tmp_path):
+    from dlbench.eval.anchors import find_anchors
+
+    want = quick_shipped["anchors"]
+    folder = tmp_path / "anchors"
+    got = shipped.install_anchors(want["key"], folder)
+    assert got == {**want, "source": "shipped"}
+    assert find_anchors(want["key"], folder) == got  # later runs read the cache copy
+    assert shipped.install_anchors("0" * 24, folder) is None
+
+
+def test_an_anchor_record_whose_fields_do_not_hash_to_its_key_is_refused(tmp_path, monkeypatch):
+    """An edited record (e.g. its rows moved to another tokenizer) cannot pass as the shipped one."""
+    record = _anchor_record()
+    forged = {**record, "tokenizer_key": "e" * 16}
+    directory = tmp_path / "shipped"
+    directory.mkdir()
+    entry = {"kind": "anchors", "key": record["key"],
+             **shipped.write_artifact(directory, "anchors.json", json.dumps(forged).encode())}
+    shipped.write_manifest(directory, [entry])
+    with pytest.raises(shipped.ShippedArtifactError, match="do not hash to key"):
+        shipped.install_anchors(record["key"], tmp_path / "cache", directory)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_unknown_key_and_opt_out_fall_through(quick_shipped, tmp_path, monkeypatch):

@@ -15,7 +15,9 @@ current batch (as in Jukebox / vector-quantize-pytorch ``kmeans``-free restarts)
 Regularizers (METHODS.md C: prior KL, stochastic mask, PCL; D: VF alignment) attach through
 ``self.regularizers``: a list of ``(name, weight, module)``; each module is called with the keyword
 tensors ``logits, distances "b h w k"``, ``z_e, z_q "b h w d"``, ``codes "b h w"``, ``images, recon
-"b c H W"`` and returns a scalar, added as ``weight * value`` and logged under ``name``.
+"b c H W"``, ``rec_loss`` (the scalar reconstruction loss, with its graph) and ``encoder_last_layer`` (the
+weight of the encoder conv that outputs ``z_e``; VF alignment's adaptive weight takes gradients there) and
+returns a scalar, added as ``weight * value`` and logged under ``name``.
 """
 
 from __future__ import annotations
@@ -274,7 +276,8 @@ class VQVAE(Tokenizer):
         terms: dict[str, torch.Tensor] = {"recon": rec, **q.loss_terms}
         loss = rec + self.config.beta * q.loss_terms["commit"] + q.loss_terms.get("codebook", 0.0)
         tensors = dict(
-            logits=-q.distances, distances=q.distances, z_e=z_e, z_q=q.z_q, codes=q.codes, images=images, recon=recon
+            logits=-q.distances, distances=q.distances, z_e=z_e, z_q=q.z_q, codes=q.codes, images=images, recon=recon,
+            rec_loss=rec, encoder_last_layer=self.encoder[-1].weight,
         )
         for name, weight, module in self.regularizers:
             value = module(**tensors)

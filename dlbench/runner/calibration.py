@@ -76,13 +76,11 @@ def anchors_for(
     """The anchor record of (dataset, tokenizer, protocol): from the cache, else computed and stored there.
 
     ``protocol.num_generated`` real images are taken where :func:`heldout_plan` says (never from the
-    reference set); a dataset too small for that gets ``{"unavailable": reason}``.
+    reference set); a dataset too small for that gets ``{"unavailable": reason}``. Before computing, a record
+    shipped with the package under the same key is installed (:func:`dlbench.shipped.install_anchors`).
     """
-    from dlbench.data import load_split_tensors
-    from dlbench.eval.api import bind_reference, evaluate_samples
+    from dlbench.eval.api import bind_reference
     from dlbench.runner.common import cache_root
-    from dlbench.runner.sampling import decode_tokens
-    from dlbench.runner.tokens import tokenize_split
 
     protocol = bind_reference(protocol, dataset)
     n = protocol.num_generated
@@ -92,6 +90,51 @@ def anchors_for(
     found = find_anchors(akey, folder)
     if found is not None:
         return found
+    from dlbench import shipped
+
+    installed = shipped.install_anchors(akey, folder)  # the embedded default's anchors ship with the package
+    if installed is not None:
+        if log is not None:
+            log(f"installed shipped anchor rows {akey}")
+        return installed
+    return compute_anchor_record(protocol, dataset, tokenizer, key, ctx, akey=akey, fingerprints=fingerprints,
+                                 seed=seed, log=log)
+
+
+def compute_anchor_record(
+    protocol: Any, dataset: ImageDataset, tokenizer: Tokenizer, key: str, ctx: DistContext, *, akey: str,
+    fingerprints: dict[str, str], seed: int = 0, log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Compute the anchor record ``akey`` of a reference-bound ``protocol`` and store it in the cache (rank 0).
+    ``scripts/build_shipped_artifacts.py --only anchors`` calls this directly.
+
+    Processes sharing a cache compute a record once: the computation holds ``anchors/.<akey>.lock``, and a
+    process that waited on it returns the record the holder wrote.
+    """
+    from dlbench.fsutil import exclusive
+    from dlbench.runner.common import cache_root
+
+    folder = cache_root() / "anchors"
+    with exclusive(folder / f".{akey}.lock"):
+        found = find_anchors(akey, folder)
+        if found is not None:
+            return found
+        return _compute_anchor_record(protocol, dataset, tokenizer, key, ctx, akey=akey, fingerprints=fingerprints,
+                                      seed=seed, log=log)
+
+
+def _compute_anchor_record(
+    protocol: Any, dataset: ImageDataset, tokenizer: Tokenizer, key: str, ctx: DistContext, *, akey: str,
+    fingerprints: dict[str, str], seed: int, log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    from dlbench.data import load_split_tensors
+    from dlbench.eval.api import evaluate_samples
+    from dlbench.runner.common import cache_root
+    from dlbench.runner.sampling import decode_tokens
+    from dlbench.runner.tokens import tokenize_split
+
+    n = protocol.num_generated
+    folder = cache_root() / "anchors"
     plan = heldout_plan(split_lengths(dataset), protocol.reference_split, protocol.num_reference, n)
     if plan["anchor"] is None:
         return {"key": akey, "unavailable": f"no {n} held-out images outside the reference set for the real anchor"}

@@ -114,9 +114,12 @@ def get_tokenizer(
         final = result.ema.shadow if result.ema is not None else tokenizer
         if final is not tokenizer:
             tokenizer.load_state_dict(final.state_dict())
+        finish = getattr(tokenizer, "finish_training", None)  # optional: e.g. kl-vae's latent statistics
+        finished = finish(images) if callable(finish) else None
         info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
                 "training": result.record(), "dataset": cfg.dataset.name,
-                "train_fingerprint": dataset.fingerprint("train")}
+                "train_fingerprint": dataset.fingerprint("train"),
+                **({"finish_training": finished} if finished is not None else {})}
         _store(tokenizer, folder, info, ctx)
         action = "trained"
     if ctx.is_main:

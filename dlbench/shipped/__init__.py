@@ -7,7 +7,7 @@ the reference images. ``scripts/build_shipped_artifacts.py`` produces them with 
 (the same functions a run calls, the default config and seeds, fp32) and records each in
 ``manifest.json`` next to this file:
 
-- ``kind``: ``tokenizer`` | ``domain-classifier`` | ``reference-features``;
+- ``kind``: ``tokenizer`` | ``domain-classifier`` | ``reference-features`` | ``anchors``;
 - ``key``: the cache key a run computes for the same inputs (:func:`dlbench.runner.tokenizer_stage.tokenizer_key`,
   :func:`dlbench.eval.domain.classifier_key`, :meth:`EvalProtocol.reference_key`), and ``config``: what
   that key hashes, for humans;
@@ -52,6 +52,7 @@ __all__ = [
     "install_tokenizer",
     "install_domain_classifier",
     "install_reference_features",
+    "install_anchors",
     "safetensors_bytes",
     "write_artifact",
     "write_manifest",
@@ -60,7 +61,7 @@ __all__ = [
 SHIPPED_DIR = Path(__file__).resolve().parent
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
-KINDS = ("tokenizer", "domain-classifier", "reference-features")
+KINDS = ("tokenizer", "domain-classifier", "reference-features", "anchors")
 
 
 class ShippedArtifactError(DlbenchError):
@@ -228,3 +229,28 @@ def install_reference_features(reference_key: str, cache_name: str, directory: s
     with atomic_write(target) as fh:
         np.savez(fh, **{"2048": feats})
     return True
+
+
+def install_anchors(key: str, folder: str | os.PathLike, directory: str | os.PathLike | None = None) -> dict | None:
+    """Install the shipped anchor record with key ``key`` (:func:`dlbench.eval.anchors.anchor_key`) into the
+    cache's anchors ``folder`` as ``<key>.json``, as :func:`dlbench.runner.calibration.anchors_for` writes it.
+    Returns the record (marked ``"source": "shipped"``), or None when nothing with that key ships.
+
+    The record is JSON (no code can run); its key is re-derived from the fields it states, so a record
+    edited into another dataset/tokenizer/protocol is refused.
+    """
+    from dlbench.eval.anchors import anchor_key
+    from dlbench.runs import atomic_write_json
+
+    entry = find("anchors", key, directory)
+    if entry is None:
+        return None
+    record = json.loads(verified_path(entry, directory).read_text())
+    inputs = {k: record.get(k) for k in ("fingerprints", "tokenizer_key", "protocol_hash", "n", "seed")}
+    if not isinstance(record, dict) or record.get("key") != key or anchor_key(
+        fingerprints=inputs["fingerprints"], tokenizer_key=inputs["tokenizer_key"],
+        protocol_hash=inputs["protocol_hash"], n=inputs["n"], seed=inputs["seed"]) != key:
+        raise ShippedArtifactError(f"shipped anchors {entry['file']}: its fields do not hash to key {key}")
+    record = {**record, "source": "shipped"}
+    atomic_write_json(Path(folder) / f"{key}.json", record)
+    return record

@@ -125,6 +125,9 @@ class InceptionEarly(FeatureExtractor):
             raise FeatureNetworkUnavailable(f"inception-early takes 1 or 3 channels, got {x.shape[1]}")
         if x.shape[-1] != self.config.resize or x.shape[-2] != self.config.resize:
             x = F.interpolate(x, size=(self.config.resize,) * 2, mode="bilinear", align_corners=False)
+        first = next(self._stem.parameters())
+        if first.device != x.device:  # the frozen stem is kept out of module trees, so .to(device) never reaches it
+            self._stem.to(x.device)
         out, wanted = [], set(self.config.layers)
         for name in STEM:
             x = self._stem[name](x)

@@ -159,6 +159,7 @@ class RegVQTokenizer(VQVAE):
         tensors = dict(
             logits=q["logits"], distances=squared_distances(z_e.float(), self.embedding.float()), probs=q["probs"],
             z_e=z_e, z_q=q["z_q"], codes=q["best"], images=images, recon=recon,
+            rec_loss=rec, encoder_last_layer=self.encoder[-1].weight,
         )
         for name, weight, module in self.regularizers:  # hook list of the base autoencoder (e.g. VF alignment)
             terms[name] = module(**tensors)
