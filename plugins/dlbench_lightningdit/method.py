@@ -123,6 +123,12 @@ class LightningDiT(Method):
         self.net = LightningDiTNet(net_config(c, context.backbone), channels=self.latent_dim, grid=self.grid,
                                    num_classes=self.num_classes)
 
+    @property
+    def positions(self) -> int:
+        """Transformer positions per image, ``(h / p) * (w / p)``: what the FLOPs rule ``6 * params * positions``
+        should use (the latent grid's ``h * w`` overcounts by ``p^2`` when ``patch_size = p > 1``)."""
+        return self.net.tokens[0] * self.net.tokens[1]
+
     # -- helpers ---------------------------------------------------------------------------------
     def _check_latents(self, latents: torch.Tensor) -> None:
         h, w = self.grid

@@ -230,6 +230,10 @@ def test_with_kl_vae_tokenizer_latents_decode(registry):  # noqa: F811
         LightningDiT(LightningDiT.Config(latent_dim=4), context=_ctx(grid=grid, tokenizer=tok))
 
 
+def test_positions_count_patches():
+    assert _method().positions == 16 and _method(patch_size=2).positions == 4
+
+
 def test_loss_curve_report():
     m = _method()
     rep = m.end_of_training_report(torch.randn(4, 4, 4, 4), torch.tensor([0, 1, 0, 1]))
