@@ -195,3 +195,26 @@ def test_rope_head_dim_validation_and_unconditional_refuses_labels():
         net(torch.randn(1, 2, 2, 2), torch.rand(1), torch.tensor([1]))
     with pytest.raises(ValueError, match="expects"):
         net(torch.randn(1, 2, 2, 3), torch.rand(1))
+
+
+def test_rope_matches_the_released_eva_vision_rotary_embedding():
+    """Peer oracle: the released ``VisionRotaryEmbeddingFast(dim=head_dim/2, pt_seq_len=n)`` (EVA-02), restated:
+    per axis ``freqs = theta^(-arange(0, dim, 2)/dim)`` repeated for each pair, rows then columns concatenated by
+    broadcasting, ``t * cos + rotate_half(t) * sin`` with ``rotate_half`` on interleaved pairs."""
+    from einops import rearrange, repeat
+
+    n, head_dim, theta = 5, 16, 10000.0
+    dim = head_dim // 2
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: dim // 2].double() / dim))
+    t = torch.arange(n).double()
+    f = repeat(torch.einsum("..., f -> ... f", t, freqs), "... n -> ... (n r)", r=2)  # "n dim"
+    both = torch.cat([f[:, None, :].expand(n, n, dim), f[None, :, :].expand(n, n, dim)], dim=-1)
+    cos, sin = both.cos().reshape(-1, head_dim), both.sin().reshape(-1, head_dim)
+
+    def rotate_half(x):
+        x1, x2 = rearrange(x, "... (d r) -> ... d r", r=2).unbind(dim=-1)
+        return rearrange(torch.stack((-x2, x1), dim=-1), "... d r -> ... (d r)")
+
+    x = torch.randn(2, 3, n * n, head_dim, dtype=torch.float64)
+    ref = x * cos + rotate_half(x) * sin
+    torch.testing.assert_close(apply_rope(x, rope_angles(grid_positions(n, n), head_dim, theta)), ref)

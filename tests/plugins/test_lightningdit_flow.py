@@ -234,3 +234,39 @@ def test_euler_with_cfg_interval_closed_form(start, shift, channels):
     assert calls == {"cond": int((~on).sum()), "both": int(on.sum())}
     if 0 < start < 1:  # both parts of the grid occur: the gate really switched
         assert 0 < int(on.sum()) < steps
+
+
+def test_cfg_matches_the_released_forward_with_cfg():
+    """Peer oracle: the released ``LightningDiT.forward_with_cfg`` (restated) on the doubled batch ``[x; x]`` with
+    labels ``[y; null]``: guidance on ``model_out[:, :k]`` (k = 3 released, all channels for full CFG), the
+    conditional output elsewhere, and ``cond_eps`` alone when ``t < cfg_interval_start``. Its first half equals
+    :func:`cfg_velocity` with the same model, for t inside and outside the interval."""
+    g = torch.Generator().manual_seed(12)
+    C = 6
+    weight = torch.randn(3, C, C, generator=g, dtype=torch.float64)  # one linear map per label (2 = null)
+
+    def model(x, t, y):  # a label- and time-dependent stand-in network, "b c h w"
+        return torch.einsum("bij,bjhw->bihw", weight[y], x) * (1 + t)[:, None, None, None]
+
+    def released(x, t, y, cfg_scale, k, cfg_interval_start):
+        half = x[: len(x) // 2]
+        model_out = model(torch.cat([half, half]), t, y)
+        eps, rest = model_out[:, :k], model_out[:, k:]
+        cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
+        half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+        if t[0] < cfg_interval_start:
+            half_eps = cond_eps
+        eps = torch.cat([half_eps, half_eps], dim=0)
+        return torch.cat([eps, rest], dim=1)
+
+    x = torch.randn(3, C, 2, 2, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0])
+    null = torch.full_like(y, 2)
+    for k, tv in [(3, 0.05), (3, 0.6), (C, 0.05), (C, 0.6)]:
+        t = torch.full((3,), tv, dtype=torch.float64)
+        ref = released(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), 4.0, k, 0.125)[:3]
+        ours = cfg_velocity(lambda x_, t_: model(x_, t_, y),
+                            lambda x_, t_: model(torch.cat([x_, x_]), torch.cat([t_, t_]),
+                                                 torch.cat([y, null])).chunk(2),
+                            4.0, interval_start=0.125, channels=None if k == C else k)(x, t)
+        torch.testing.assert_close(ours, ref)
