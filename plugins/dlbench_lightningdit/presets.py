@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BENCHMARK_STEPS", "method_presets"]
+__all__ = ["BENCHMARK_STEPS", "LADDER", "method_presets"]
 
 #: generator steps of the ``benchmark`` preset (one forward+backward per step, as vq-diffusion)
 BENCHMARK_STEPS = 3000
@@ -46,3 +46,20 @@ def method_presets() -> dict[str, dict[str, Any]]:
             "evaluation": {"protocol": "default"},
         },
     }
+
+
+#: The LightningDiT ablation ladder (paper Table 1; METHODS.md §D.3) as ``method.params`` per rung, each rung adding
+#: one switch to the previous one; the last rung is ``lightningdit``'s defaults. Table 1 samples without the CFG
+#: interval and the timestep shift, so every rung's sampling options are ``shift = 1``, ``cfg_interval_start = 0``
+#: (``--set sampling.options.shift=1 --set sampling.options.cfg_interval_start=0``). The rungs that change the
+#: budget (batch x4, lr x2, AdamW beta2 0.95) and the tokenizer (patch 1 + VA-VAE) are run-config settings, not
+#: method params, and are left to the benchmark.
+_DIT_RF = {"t_sampling": "uniform", "cos_weight": 0.0, "mlp": "gelu", "norm": "layer", "rope": False}
+LADDER: dict[str, dict[str, Any]] = {
+    "rectified-flow": dict(_DIT_RF),
+    "+logit-normal": {**_DIT_RF, "t_sampling": "logit-normal"},
+    "+cosine-loss": {**_DIT_RF, "t_sampling": "logit-normal", "cos_weight": 1.0},
+    "+swiglu": {**_DIT_RF, "t_sampling": "logit-normal", "cos_weight": 1.0, "mlp": "swiglu"},
+    "+rmsnorm": {**_DIT_RF, "t_sampling": "logit-normal", "cos_weight": 1.0, "mlp": "swiglu", "norm": "rms"},
+    "+rope": {"t_sampling": "logit-normal", "cos_weight": 1.0, "mlp": "swiglu", "norm": "rms", "rope": True},
+}

@@ -80,6 +80,17 @@ def test_presets_resolve(registry, preset):  # noqa: F811
         assert tuple(cfg.training.betas) == (0.9, 0.95) and cfg.training.grad_clip is None
 
 
+def test_ladder_adds_one_switch_per_rung_and_ends_at_the_defaults():
+    from dlbench_lightningdit.presets import LADDER
+
+    configs = [LightningDiT.Config(**params) for params in LADDER.values()]
+    dumps = [c.model_dump() for c in configs]
+    for prev, cur in zip(dumps, dumps[1:]):
+        assert len({k for k in cur if cur[k] != prev[k]}) == 1
+    assert dumps[-1] == LightningDiT.Config().model_dump()
+    assert dumps[0]["mlp"] == "gelu" and dumps[0]["norm"] == "layer" and not dumps[0]["rope"]
+
+
 # -- sampling through the method -------------------------------------------------------------------
 
 
