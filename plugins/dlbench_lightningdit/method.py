@@ -95,7 +95,9 @@ class LightningDiT(Method):
     """LightningDiT: rectified-flow velocity model over continuous latents (VA-VAE's generator)."""
 
     Config = LightningDiTConfig
-    requires: ClassVar[MethodRequirements] = MethodRequirements(inputs="latents", conditioning="optional")  # type: ignore[arg-type]
+    # "latents" is not (yet) in MethodRequirements.inputs' Literal; the pre-flight reads the string
+    requires: ClassVar[MethodRequirements] = MethodRequirements(
+        inputs="latents", conditioning="optional")  # type: ignore[arg-type]
     #: layout of ``loss`` inputs and ``sample`` outputs: the continuous tokenizer's ``encode`` / ``decode`` layout
     latent_layout: ClassVar[str] = "b h w d"
     unavailable_metrics: ClassVar[dict[str, str]] = UNAVAILABLE_METRICS
@@ -135,8 +137,8 @@ class LightningDiT(Method):
         if latents.dim() != 4 or tuple(latents.shape[1:]) != (h, w, self.latent_dim) or \
                 not latents.is_floating_point():
             raise LightningDiTError(
-                f"lightningdit trains on float latents 'b h w d' with (h, w, d)={(h, w, self.latent_dim)} (a continuous "
-                f"tokenizer's encode output); got {latents.dtype} {tuple(latents.shape)}")
+                f"lightningdit trains on float latents 'b h w d' with (h, w, d)={(h, w, self.latent_dim)} (a "
+                f"continuous tokenizer's encode output); got {latents.dtype} {tuple(latents.shape)}")
 
     def _labels(self, labels: torch.Tensor | None, b: int, device: torch.device) -> torch.Tensor | None:
         if self.num_classes is None:
@@ -240,7 +242,8 @@ class LightningDiT(Method):
         if len(seeds) != n:
             raise LightningDiTError(f"got {len(seeds)} seeds for {n} samples; pass one seed per sample")
         if labels is not None and self.num_classes is None:
-            raise LightningDiTError("this lightningdit model is unconditional; call sample(labels=None, num_samples=...)")
+            raise LightningDiTError("this lightningdit model is unconditional; call "
+                                    "sample(labels=None, num_samples=...)")
         dev = next(self.net.parameters()).device
         steps = steps or self.config.sample_steps
         h, w = self.grid

@@ -13,4 +13,5 @@ def register_methods(register):
     from .method import LightningDiT
 
     register("lightningdit", LightningDiT,
-             description="LightningDiT: rectified flow over continuous (kl-vae) latents, VA-VAE's baseline (METHODS.md D.3)")
+             description="LightningDiT: rectified flow over continuous (kl-vae) latents, VA-VAE's generator "
+                         "(arXiv 2501.01423)")
