@@ -49,6 +49,16 @@ def test_conformance_check_catches_a_token_method():
         check_continuous_method(VQDiffusion)
 
 
+def test_conformance_check_catches_global_rng_sampling():
+    class GlobalNoise(LightningDiT):
+        def sample(self, labels, seeds, *, num_samples=None, steps=None, guidance=1.0, callback=None, **options):
+            out = super().sample(labels, seeds, num_samples=num_samples, steps=steps, guidance=guidance, **options)
+            return out + 0.1 * torch.randn_like(out)  # noise from the global RNG, not from the seeds
+
+    with pytest.raises(AssertionError, match="not deterministic for fixed seeds"):
+        check_continuous_method(GlobalNoise, context=_ctx(grid=(2, 2)))
+
+
 def test_preflight_pairs_latent_methods_with_continuous_tokenizers(registry, monkeypatch):  # noqa: F811
     from dlbench import preflight as pf
     from dlbench.api import resolve
