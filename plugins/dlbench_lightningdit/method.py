@@ -43,12 +43,14 @@ class LightningDiTError(DlbenchError, ValueError):
     pass
 
 
-#: metrics of dlbench's discrete methods that do not exist for a flow over continuous latents, with the reason a
-#: run record should give (read by the run pipeline when it skips them)
+#: metrics of dlbench's discrete methods that do not exist for a flow over continuous latents, keyed by the metric
+#: names of a run record (``metrics["unavailable"]``), with the reason it should give when the pipeline skips them
+_NO_TOKENS = "continuous latents: no token ids, so no token statistics to compare"
 UNAVAILABLE_METRICS: dict[str, str] = {
     "nll_bound": "continuous latents: no discrete-token likelihood (an ODE likelihood in latent space would be "
                  "in different units and needs a divergence estimate per step)",
-    "token_metrics": "continuous latents: no token ids, so no token-statistics KL and no token anchors",
+    "token_kl_unigram": _NO_TOKENS,
+    "token_kl_pair": _NO_TOKENS,
 }
 
 
