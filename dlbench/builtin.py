@@ -27,19 +27,23 @@ def register_tokenizers(register):
 
 @hookimpl
 def register_schedules(register):
-    from dlbench.schedules.continuous import CONTINUOUS_SCHEDULES
-    from dlbench.schedules.discrete import DISCRETE_SCHEDULES
+    from dlbench.schedules.continuous import CosineSchedule, LinearLogSNRSchedule, ShiftedCosineSchedule
+    from dlbench.schedules.discrete import MaskAndReplaceSchedule, VQDiffusionAlpha1Schedule
 
-    for name, cls in {**CONTINUOUS_SCHEDULES, **DISCRETE_SCHEDULES}.items():
-        register(name, cls)
+    register("cosine", CosineSchedule)
+    register("shifted-cosine", ShiftedCosineSchedule)
+    register("linear", LinearLogSNRSchedule)
+    register("vqdiffusion-alpha1", VQDiffusionAlpha1Schedule)
+    register("mask-and-replace", MaskAndReplaceSchedule)
 
 
 @hookimpl
 def register_embeddings(register):
-    from dlbench.embeddings import EMBEDDINGS
+    from dlbench.embeddings import CodebookEmbedding, LearnableEmbedding, OneHotEmbedding
 
-    for name, cls in EMBEDDINGS.items():
-        register(name, cls)
+    register("learnable", LearnableEmbedding)
+    register("codebook", CodebookEmbedding)
+    register("one-hot", OneHotEmbedding)
 
 
 @hookimpl

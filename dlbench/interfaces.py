@@ -20,8 +20,71 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+
+
+# ---------------------------------------------------------------------------------------------
+# Component references and slots
+# ---------------------------------------------------------------------------------------------
+
+
+class ComponentRef(BaseModel):
+    """A registered component by name plus its own parameters, ``{name, params}``.
+
+    A plain string is short for ``{"name": string}`` (``--set method.schedule=cosine``). ``params`` are
+    validated by the component's ``Config`` (``extra="forbid"``) when the run config is resolved.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Marks a component-config field as a slot for a registered component of ``kind``.
+
+    Declared as ``Annotated[ComponentRef, Slot("schedule", family="continuous")]`` (one component) or
+    ``Annotated[list[ComponentRef], Slot("regularizer", stage="tokenizer")]`` (several). ``family``
+    (schedules: ``continuous``/``discrete``) and ``stage`` (regularizers: ``tokenizer``/``generator``)
+    narrow what fits; a component that does not fit is refused when the run config is resolved.
+    Slots are built through :meth:`MethodContext.build` (or :func:`dlbench.registry.build_ref`).
+    """
+
+    kind: str
+    family: str | None = None
+    stage: str | None = None
+
+
+def ref(name: str, **params: Any) -> Any:
+    """A slot field's default ``{name, params}`` (``schedule: Annotated[...] = ref("cosine")``)."""
+    return Field(default_factory=lambda: ComponentRef(name=name, params=dict(params)))
+
+
+def config_slots(config_cls: type[BaseModel]) -> dict[str, tuple[Slot, bool]]:
+    """``{field name: (Slot, holds a list)}`` of a config model class."""
+    out: dict[str, tuple[Slot, bool]] = {}
+    for name, info in config_cls.model_fields.items():
+        slot = next((m for m in info.metadata if isinstance(m, Slot)), None)
+        if slot is not None:
+            out[name] = (slot, getattr(info.annotation, "__origin__", None) is list)
+    return out
+
+
+def _partial_ref(value: Any, default: Any) -> Any:
+    """A slot value given without a name (``{"params": {...}}``, as presets and ``--set slot.params.x=1``
+    write) keeps the default component and updates its params."""
+    if isinstance(value, dict) and "name" not in value and isinstance(default, ComponentRef):
+        return {"name": default.name, "params": {**default.params, **(value.get("params") or {})},
+                **{k: v for k, v in value.items() if k != "params"}}
+    return value
 
 
 class ComponentConfig(BaseModel):
@@ -29,6 +92,17 @@ class ComponentConfig(BaseModel):
 
     # NaN/inf are never a meaningful setting (lr=inf "validates" with gt=0, then diverges at step 1)
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _slot_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, (_, many) in config_slots(cls).items():
+                if name in data and not many:
+                    info = cls.model_fields[name]
+                    default = info.default_factory() if info.default_factory is not None else info.default
+                    data = {**data, name: _partial_ref(data[name], default)}
+        return data
 
 
 class EmptyConfig(ComponentConfig):
@@ -110,7 +184,7 @@ class NoiseSchedule(ABC):
 
     REQUIRED: ClassVar[tuple[str, ...]] = ()
     #: a schedule implements one of these method sets (continuous or discrete family)
-    REQUIRED_ANY: ClassVar[tuple[tuple[str, ...], ...]] = (("logsnr", "alpha_sigma"), ("coefficients",))
+    REQUIRED_ANY: ClassVar[tuple[tuple[str, ...], ...]] = (("logsnr", "alpha_sigma", "dlogsnr"), ("coefficients",))
     Config: ClassVar[type[ComponentConfig]] = EmptyConfig
     family: ClassVar[Literal["continuous", "discrete"]]
 
@@ -118,12 +192,21 @@ class NoiseSchedule(ABC):
 class ContinuousSchedule(NoiseSchedule):
     """Variance-preserving continuous schedule given by its log-SNR ``lambda(t)``, t in [0, 1]."""
 
-    REQUIRED: ClassVar[tuple[str, ...]] = ("logsnr", "alpha_sigma")
+    REQUIRED: ClassVar[tuple[str, ...]] = ("logsnr", "alpha_sigma", "dlogsnr")
     family: ClassVar[Literal["continuous", "discrete"]] = "continuous"
 
     @abstractmethod
     def logsnr(self, t: torch.Tensor) -> torch.Tensor:
         """``lambda(t) = log(alpha^2 / sigma^2)``, same shape as ``t``, finite on [0, 1]."""
+
+    def dlogsnr(self, t: torch.Tensor) -> torch.Tensor:
+        """``d lambda / dt``, same shape as ``t`` (the VDM ELBO weight ``-lambda'(t) e^lambda / 2`` needs it;
+        METHODS.md §A.2.2). Default: autograd through :meth:`logsnr`; override with the closed form."""
+        with torch.enable_grad():
+            tt = torch.as_tensor(t).detach().to(torch.get_default_dtype() if not torch.is_floating_point(
+                torch.as_tensor(t)) else torch.as_tensor(t).dtype).requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.logsnr(tt).sum(), tt)
+        return grad
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(alpha, sigma)`` with ``alpha^2 = sigmoid(lambda)``, ``sigma^2 = sigmoid(-lambda)``."""
@@ -190,13 +273,40 @@ class MethodRequirements:
 
 @dataclass
 class MethodContext:
-    """Everything a method is built from besides its config."""
+    """Everything a method is built from besides its config.
+
+    ``registry``: where the method's slot components (schedule, embedding, regularizers) are looked up;
+    the runner passes its own. Left ``None`` (a method built by hand, e.g. in a test), :meth:`build` uses
+    the registry of the installed plugins.
+    """
 
     codebook_size: int
     token_grid: tuple[int, int]
     num_classes: int | None = None
     tokenizer: Tokenizer | None = None
     backbone: dict[str, Any] = field(default_factory=dict)
+    registry: Any = None
+
+    def build(self, config: BaseModel, slot: str, **context: Any) -> Any:
+        """Build the component in slot ``slot`` of the method config ``config`` (a field declared with
+        :class:`Slot`), checked against the slot's kind/family/stage; ``context`` are the kind's build
+        keywords (e.g. ``codebook_size=...`` for an embedding). For a list slot, returns a list."""
+        from dlbench.registry import build_ref
+
+        slots = config_slots(type(config))
+        if slot not in slots:
+            raise KeyError(f"{type(config).__name__} has no component slot {slot!r} (slots: {sorted(slots)})")
+        spec, many = slots[slot]
+        value = getattr(config, slot)
+        registry = self.registry
+        if registry is None:
+            from dlbench.plugins import get_registry
+
+            registry = get_registry()
+        where = f"method.params.{slot}"
+        if many:
+            return [build_ref(registry, r, spec, where=f"{where}.{i}", **context) for i, r in enumerate(value)]
+        return build_ref(registry, value, spec, where=where, **context)
 
 
 SampleCallback = Callable[[dict[str, Any]], None]

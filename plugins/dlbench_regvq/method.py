@@ -46,18 +46,13 @@ class VQDiffusionUnavailable(DlbenchError):
 
 
 def vqdiffusion_method_class() -> type:
-    """The class ``dlbench_vqdiffusion`` registers as ``method/vq-diffusion`` (read from its hook)."""
+    """``dlbench_vqdiffusion``'s public method class (the Python package this plugin builds on; its
+    components still come from the registry at config time, like any method's)."""
     try:
-        from dlbench_vqdiffusion import plugin as vqd
+        from dlbench_vqdiffusion.method import VQDiffusion
     except ImportError as exc:
         raise VQDiffusionUnavailable(f"method/regvq needs the dlbench_vqdiffusion plugin: {exc}") from exc
-    found: dict[str, Any] = {}
-    vqd.register_methods(register=lambda name, factory, **_: found.setdefault(name, factory))
-    if "vq-diffusion" not in found:
-        raise VQDiffusionUnavailable(
-            f"dlbench_vqdiffusion registers no 'vq-diffusion' method (found: {sorted(found)})"
-        )
-    return found["vq-diffusion"]
+    return VQDiffusion
 
 
 def make_regvq_method(base: type | None = None) -> type:

@@ -11,11 +11,6 @@ import warnings
 
 from dlbench import hookimpl
 
-from .features import InceptionEarly
-from .regularizers import REGULARIZERS
-
-#: feature extractors of this plugin (name -> class)
-FEATURE_EXTRACTORS = {"inception-early": InceptionEarly}
 
 
 @hookimpl
@@ -29,14 +24,18 @@ def register_tokenizers(register):
 
 @hookimpl
 def register_regularizers(register):
-    for name, cls in REGULARIZERS.items():
-        register(name, cls)
+    from .regularizers import PriorKL, ProbabilisticContrastive, StochasticMask
+
+    register("prior-kl", PriorKL)
+    register("stochastic-mask", StochasticMask)
+    register("probabilistic-contrastive", ProbabilisticContrastive)
 
 
 @hookimpl
 def register_feature_extractors(register):
-    for name, cls in FEATURE_EXTRACTORS.items():
-        register(name, cls)
+    from .features import InceptionEarly
+
+    register("inception-early", InceptionEarly)
 
 
 @hookimpl

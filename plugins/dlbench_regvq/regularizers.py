@@ -33,7 +33,7 @@ from .quantize import bernoulli_mask, mix_by_mask
 
 __all__ = [
     "PriorKLConfig", "PriorKL", "StochasticMaskConfig", "StochasticMask",
-    "ContrastiveConfig", "ProbabilisticContrastive", "REGULARIZERS",
+    "ContrastiveConfig", "ProbabilisticContrastive",
 ]
 
 
@@ -202,10 +202,3 @@ class ProbabilisticContrastive(Regularizer):
                 w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
             total = total + patch_nce(q, k, tau=self.config.tau, weights=w, form=self.config.form)
         return total / len(fake)
-
-
-REGULARIZERS = {
-    "prior-kl": PriorKL,
-    "stochastic-mask": StochasticMask,
-    "probabilistic-contrastive": ProbabilisticContrastive,
-}

