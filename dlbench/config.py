@@ -28,8 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dlbench.interfaces import ComponentRef as _ComponentRef
-from dlbench.interfaces import Slot
-from dlbench.registry import DlbenchError, Registry, resolve_ref, resolve_slots
+from dlbench.registry import TOKENIZER_REGULARIZERS, DlbenchError, Registry, resolve_ref, resolve_slots
 
 PresetName = Literal["quick", "default", "benchmark", "collapse", "paper"]
 PRESETS: tuple[str, ...] = ("quick", "default", "benchmark", "collapse", "paper")
@@ -50,7 +49,7 @@ class Section(BaseModel):
 #: string is short for ``{"name": string}``
 ComponentRef = _ComponentRef
 #: the slot of ``tokenizer.regularizers``: tokenizer-stage regularizers composed into the tokenizer's loss
-TOKENIZER_REGULARIZER_SLOT = Slot("regularizer", stage="tokenizer")
+TOKENIZER_REGULARIZER_SLOT = TOKENIZER_REGULARIZERS
 
 
 class TrainingConfig(Section):

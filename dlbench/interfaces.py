@@ -239,8 +239,21 @@ class Regularizer(nn.Module, ABC):
     """A named loss term attached to a stage (``tokenizer`` or ``generator``).
 
     Built as ``cls(config)``. ``forward(**tensors)`` returns a scalar loss (unweighted; the owner
-    applies ``config.weight`` when the config has one). Which keyword tensors it reads is documented
-    per regularizer; unknown keywords are ignored so one call site serves all.
+    applies ``config.weight`` when the config has one, else weight 1). Which keyword tensors it reads is
+    documented per regularizer; unknown keywords are ignored so one call site serves all.
+
+    Tokenizer stage (``tokenizer.regularizers`` of a run config; the tokenizer's ``add_regularizer``):
+    a regularizer is an ``nn.Module`` of the tokenizer, so its own parameters (e.g. a projection head)
+    train with the tokenizer's optimizer and are saved in its checkpoint. ``forward`` receives
+
+    - ``images``, ``recon`` ``"b c H W"`` (input and reconstruction, [-1, 1]);
+    - ``z_e`` ``"b h w d"`` (encoder output before quantization), ``z_q`` (decoder input),
+      ``z_best`` (nearest code vectors), ``z_sampled`` (code vectors of the codes fed to the decoder);
+    - ``logits``, ``probs``, ``distances`` ``"b h w k"`` (the tokenizer's per-position code logits,
+      their softmax, squared code distances), ``codes`` ``"b h w"`` (nearest codes);
+    - ``encoder`` (the tokenizer's encoder module) and ``step`` (tokenizer training step, int).
+
+    :meth:`perturb` lets a regularizer change the decoder input during training (the stochastic mask).
     """
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("forward",)
@@ -248,8 +261,16 @@ class Regularizer(nn.Module, ABC):
     stage: ClassVar[Literal["tokenizer", "generator"]]
 
     @abstractmethod
-    def forward(self, **tensors: torch.Tensor) -> torch.Tensor:
+    def forward(self, **tensors: Any) -> torch.Tensor:
         ...
+
+    def perturb(self, *, logits: torch.Tensor, z_q: torch.Tensor, codes: torch.Tensor, codebook: torch.Tensor,
+                step: int) -> dict[str, torch.Tensor] | None:
+        """Tokenizer stage, training only: replace the decoder input before decoding. Receives the code
+        ``logits "b h w k"``, the deterministic decoder input ``z_q "b h w d"`` and its ``codes "b h w"``, the
+        ``codebook "k d"`` and the training ``step``; returns ``{"z_q", "codes", "mask"}`` (``mask "b h w"``
+        bool: positions changed) or None (default: no change)."""
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

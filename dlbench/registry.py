@@ -252,3 +252,16 @@ def build_ref(registry: Registry, ref: ComponentRef | str | dict, slot: Slot, *,
     """Build the component ``ref`` names for ``slot`` as ``factory(config, **context)``."""
     spec, config = resolve_ref(registry, ref, slot, where=where)
     return spec.factory(config, **context)
+
+
+#: the slot of a run config's ``tokenizer.regularizers``
+TOKENIZER_REGULARIZERS = Slot("regularizer", stage="tokenizer")
+
+
+def attach_regularizers(registry: Registry, tokenizer: Any, refs: list[ComponentRef | str | dict], *,
+                        where: str = "tokenizer.regularizers") -> None:
+    """Build each tokenizer-stage regularizer of ``refs`` and attach it with
+    ``tokenizer.add_regularizer(name, weight, module)`` (weight: the component config's ``weight``, else 1)."""
+    for i, r in enumerate(refs):
+        spec, config = resolve_ref(registry, r, TOKENIZER_REGULARIZERS, where=f"{where}.{i}")
+        tokenizer.add_regularizer(spec.name, float(getattr(config, "weight", 1.0)), spec.factory(config))

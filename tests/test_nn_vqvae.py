@@ -95,7 +95,7 @@ class _Probe(nn.Module):
         self.seen = None
 
     def forward(self, **tensors):
-        self.seen = {k: tuple(v.shape) for k, v in tensors.items()}
+        self.seen = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in tensors.items()}
         return self.scale * tensors["logits"].softmax(-1).mean()
 
 
@@ -108,9 +108,10 @@ def test_regularizer_hook_receives_tensors_and_adds_weighted_term():
     torch.manual_seed(1)
     loss, terms = m.training_loss(x)
     assert probe.seen == {
-        "logits": (2, 4, 4, 16), "distances": (2, 4, 4, 16), "z_e": (2, 4, 4, 4), "z_q": (2, 4, 4, 4),
-        "codes": (2, 4, 4), "images": (2, 1, 16, 16), "recon": (2, 1, 16, 16),
-    }
+        "logits": (2, 4, 4, 16), "probs": (2, 4, 4, 16), "distances": (2, 4, 4, 16), "z_e": (2, 4, 4, 4),
+        "z_q": (2, 4, 4, 4), "z_best": (2, 4, 4, 4), "z_sampled": (2, 4, 4, 4), "codes": (2, 4, 4),
+        "images": (2, 1, 16, 16), "recon": (2, 1, 16, 16), "encoder": "Sequential", "step": "int",
+    }  # the keywords documented on dlbench.interfaces.Regularizer
     base = terms["recon"] + 0.25 * terms["commit"] + terms["codebook"]
     torch.testing.assert_close(loss, base + 0.5 * terms["probe"])
     torch.testing.assert_close(terms["probe"], torch.tensor(2.0 / 16))

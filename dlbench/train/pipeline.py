@@ -102,7 +102,7 @@ def tokenizer_key(cfg: Any, dataset: ImageDataset) -> str:
 
 def tokenizer_key_inputs(cfg: Any, dataset: ImageDataset) -> dict[str, Any]:
     """What :func:`tokenizer_key` hashes (recorded next to shipped tokenizers)."""
-    return {
+    inputs = {
         "version": TOKENIZER_CACHE_VERSION,
         "dataset": cfg.dataset.name,
         "train_fingerprint": dataset.fingerprint("train"),
@@ -113,13 +113,22 @@ def tokenizer_key_inputs(cfg: Any, dataset: ImageDataset) -> dict[str, Any]:
         "training": cfg.tokenizer.training.model_dump(mode="json"),
         "seed": cfg.tokenizer.seed,
     }
+    regularizers = [r.model_dump(mode="json") for r in cfg.tokenizer.regularizers]
+    if regularizers:  # only when set: keys of tokenizers without regularizers (and shipped copies) stay valid
+        inputs["regularizers"] = regularizers
+    return inputs
 
 
 def build_tokenizer(cfg: Any, dataset: ImageDataset) -> Tokenizer:
     from dlbench.plugins import get_registry
 
-    spec = get_registry().get("tokenizer", cfg.tokenizer.name)
-    return spec.build(cfg.tokenizer.params, channels=dataset.channels, resolution=dataset.resolution)
+    from dlbench.registry import attach_regularizers
+
+    registry = get_registry()
+    spec = registry.get("tokenizer", cfg.tokenizer.name)
+    tokenizer = spec.build(cfg.tokenizer.params, channels=dataset.channels, resolution=dataset.resolution)
+    attach_regularizers(registry, tokenizer, list(cfg.tokenizer.regularizers))
+    return tokenizer
 
 
 def get_tokenizer(
@@ -177,6 +186,7 @@ def get_tokenizer(
         if final is not tokenizer:
             tokenizer.load_state_dict(final.state_dict())
         info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
+                "regularizers": [r.model_dump(mode="json") for r in cfg.tokenizer.regularizers],
                 "training": result.record(), "dataset": cfg.dataset.name,
                 "train_fingerprint": dataset.fingerprint("train")}
         if ctx.is_main:
@@ -255,7 +265,8 @@ def write_recon_grid(tokenizer: Tokenizer, dataset: ImageDataset, path: Path, ct
 def build_method(cfg: Any, tokenizer: Tokenizer, dataset: ImageDataset, grid: tuple[int, int]) -> Method:
     from dlbench.plugins import get_registry
 
-    spec = get_registry().get("method", cfg.method.name)
+    registry = get_registry()
+    spec = registry.get("method", cfg.method.name)
     requires = getattr(spec.factory, "requires", None)
     conditioning = getattr(requires, "conditioning", "optional")
     num_classes = dataset.num_classes if conditioning != "none" else None
@@ -263,7 +274,7 @@ def build_method(cfg: Any, tokenizer: Tokenizer, dataset: ImageDataset, grid: tu
         raise PipelineError(f"method {cfg.method.name!r} needs class labels; dataset {cfg.dataset.name!r} has none")
     context = MethodContext(
         codebook_size=tokenizer.codebook_size, token_grid=grid, num_classes=num_classes, tokenizer=tokenizer,
-        backbone={"preset": cfg.backbone.preset, **cfg.backbone.params},
+        backbone={"preset": cfg.backbone.preset, **cfg.backbone.params}, registry=registry,
     )
     torch.manual_seed(cfg.seed)  # method init is a function of the run seed
     method = spec.build(cfg.method.params, context=context)

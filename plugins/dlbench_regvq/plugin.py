@@ -1,6 +1,7 @@
 """dlbench hooks of the Reg-VQ plugin (entry point ``regvq = "dlbench_regvq.plugin"``).
 
-Registers ``tokenizer/regvq`` and its ablation variants, ``regularizer/prior-kl``,
+Registers ``tokenizer/regvq`` (its ablation rows are ``tokenizer.regularizers`` configs,
+:data:`dlbench_regvq.tokenizer.ABLATION_ROWS`), ``regularizer/prior-kl``,
 ``regularizer/stochastic-mask``, ``regularizer/probabilistic-contrastive``,
 ``feature_extractor/inception-early`` and ``method/regvq``.
 """
@@ -15,11 +16,10 @@ from dlbench import hookimpl
 
 @hookimpl
 def register_tokenizers(register):
-    from .tokenizer import ABLATIONS, VARIANT_CONFIGS, RegVQTokenizer
+    from .tokenizer import RegVQTokenizer
 
-    register("regvq", RegVQTokenizer, description="Regularized VQ (Reg-VQ, CVPR 2023): prior KL + stochastic mask + PCL")
-    for name, config in VARIANT_CONFIGS.items():
-        register(name, RegVQTokenizer, config=config, description=ABLATIONS[name][1])
+    register("regvq", RegVQTokenizer, description="Reg-VQ (CVPR 2023) quantizer; its regularizers come from "
+             "tokenizer.regularizers (prior-kl, stochastic-mask, probabilistic-contrastive)")
 
 
 @hookimpl
