@@ -124,6 +124,17 @@ class Tokenizer(nn.Module, ABC):
     REQUIRED: ClassVar[tuple[str, ...]] = ("encode", "decode", "codebook", "token_grid", "training_loss")
     Config: ClassVar[type[ComponentConfig]] = EmptyConfig
     codebook_size: int
+    #: where imported weights came from (a released checkpoint), None when dlbench trains the tokenizer
+    imported: dict[str, Any] | None = None
+
+    @property
+    def pretrained(self) -> bool:
+        """True when the weights were imported: the runner then skips tokenizer training."""
+        return self.imported is not None
+
+    def prepare_training(self) -> None:
+        """Called before the tokenizer's training loads any data: build (or fail on) what training needs beyond
+        the weights, e.g. VQGAN's LPIPS network. Default: nothing."""
 
     @abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -331,6 +342,11 @@ class MethodContext:
 
 
 SampleCallback = Callable[[dict[str, Any]], None]
+#: the keys of the dict every sampler passes to ``callback`` after each step, in both families:
+#: ``i`` (step index from 0), ``steps`` (steps in this call), ``t`` (float time of the step in [0, 1]; a discrete
+#: method's t / T), ``x`` (the sampler's state after the step: tokens ``"b n"``, or latents ``"b h w d"``),
+#: ``x0_logits`` (the network's prediction of the clean tokens at this step, logits or log-probs ``"... k"``).
+SAMPLE_CALLBACK_KEYS: tuple[str, ...] = ("i", "steps", "t", "x", "x0_logits")
 
 
 @dataclass(frozen=True)
@@ -368,7 +384,8 @@ class Method(nn.Module, ABC):
     #: run-config overrides per preset name (``quick``/``default``/``paper``), nested dicts.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: training cost of one optimizer step in forward+backward passes over the batch (compute budgets and
-    #: the FLOPs column); a method with a second batched pass or a teacher forward declares more.
+    #: the FLOPs column); a method with a second batched pass or a teacher forward declares more (it may be a
+    #: property of the config).
     forwards_per_step: float = 1.0
     #: sampler knobs and the small grid ``compare --tune-sampling`` searches, ``{"guidance": [1.0, 1.5],
     #: "options.temperature": [...]}``: a key is ``guidance`` or ``options.<sampling option>``.
@@ -399,9 +416,19 @@ class Method(nn.Module, ABC):
         ``num_samples`` is only needed when ``labels`` is None (otherwise ``len(labels)``).
         """
 
-    def nfe(self, steps: int | None = None, guidance: float = 1.0) -> int:
-        """Network evaluations per sample for these settings (compute accounting)."""
+    def nfe(self, steps: int | None = None, guidance: float = 1.0, **options: Any) -> int:
+        """Network evaluations per sample of ``sample(..., steps=steps, guidance=guidance, **options)`` (compute
+        accounting; ``options`` are the sampling options, which may change the cost, e.g. a stride)."""
         return 0
+
+    # -- training hooks (the runner calls these; the defaults do nothing) ---------------------------
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter-name prefix (``{"embedding": 10.0}``): those parameters get
+        their own optimizer group at ``multiplier x lr``. Default: none."""
+        return {}
+
+    def on_step_end(self) -> None:
+        """Called after each optimizer step (method-owned state, e.g. an EMA teacher). Default: nothing."""
 
     def diagnostics(self) -> dict[str, float]:
         """Scalar diagnostics logged during training (e.g. embedding collapse)."""

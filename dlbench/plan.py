@@ -252,7 +252,7 @@ def build_plan(cfg: Any, *, accelerator: str = "H100", devices: int = 1, utilisa
         else:
             inp = torch.empty(1, *grid, den.in_dim)
         f_den, a_den = measure(den, inp, torch.full((1,), 0.5))
-    fps = float(getattr(method, "forwards_per_step", 1.0))
+    fps = float(method.forwards_per_step)
     g = cfg.training
     per_sample = 3 * f_den * fps
     stages.append(Stage("generator training", per_sample * g.batch_size * g.steps,

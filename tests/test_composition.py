@@ -134,3 +134,100 @@ def test_tokenizer_regularizer_errors_before_training(registry):
 def test_build_ref_passes_the_kind_context(registry):
     emb = build_ref(registry, {"name": "one-hot", "params": {"scale": 2.0}}, Slot("embedding"), codebook_size=3)
     torch.testing.assert_close(emb.weight(), 2.0 * torch.eye(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# the method protocol in the interfaces, checked by the conformance kit
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_method(**overrides):
+    from dlbench.interfaces import Method
+
+    class Tiny(Method):
+        def __init__(self, config=None, *, context):
+            super().__init__()
+            self.k, self.grid = context.codebook_size, context.token_grid
+            self.logits = torch.nn.Parameter(torch.zeros(self.k))
+
+        def loss(self, tokens, labels):
+            return torch.nn.functional.cross_entropy(self.logits.expand(tokens.numel(), -1), tokens.flatten()), {}
+
+        def sample(self, labels, seeds, *, num_samples=None, steps=None, guidance=1.0, callback=None, **options):
+            from dlbench.seeding import PerSampleRNG
+
+            g = PerSampleRNG(seeds, self.logits.device).gumbel(*self.grid, self.k)
+            for i in range(steps or 1):
+                if callback is not None:
+                    callback({"i": i, "steps": steps or 1, "t": 1 - i / (steps or 1), "x": g, "x0_logits": g})
+            return (self.logits + g).argmax(-1)
+
+    for name, fn in overrides.items():
+        setattr(Tiny, name, fn)
+    return Tiny
+
+
+def test_conformance_kit_checks_the_method_protocol():
+    from dlbench.testing import check_method
+
+    ctx = MethodContext(codebook_size=5, token_grid=(2, 2), num_classes=None)
+    check_method(_tiny_method(), context=ctx)
+    with pytest.raises(AssertionError, match=r"nfe must take \(steps, guidance, \*\*options\)"):
+        check_method(_tiny_method(nfe=lambda self, steps=None, guidance=1.0: 1), context=ctx,
+                     sample_kwargs={"temperature": 1.0})
+    old = _tiny_method()
+    inner = old.sample
+
+    def old_keys(self, labels, seeds, *, callback=None, **kw):  # VQ-LCMD's keys before they were unified
+        return inner(self, labels, seeds, callback=None if callback is None else (
+            lambda info: callback({"i": info["i"], "steps": info["steps"], "t": info["t"], "z": info["x"],
+                                   "logits": info["x0_logits"]})), **kw)
+
+    with pytest.raises(AssertionError, match="sampler callback keys"):
+        check_method(_tiny_method(sample=old_keys), context=ctx)
+    with pytest.raises(AssertionError, match="lr_scales.. prefix 'table' matches no parameter"):
+        check_method(_tiny_method(lr_scales=lambda self: {"table": 10.0}), context=ctx)
+
+
+def test_conformance_kit_checks_dlogsnr():
+    from dlbench.interfaces import ContinuousSchedule
+    from dlbench.testing import check_schedule
+
+    class Wrong(ContinuousSchedule):
+        def logsnr(self, t):
+            return 5.0 - 10.0 * t
+
+        def dlogsnr(self, t):
+            return torch.full_like(t, 10.0)  # sign error
+
+    with pytest.raises(AssertionError, match="dlogsnr.t. is not d logsnr / dt"):
+        check_schedule(Wrong())
+
+
+def test_both_sampler_families_report_one_key_set():
+    from dlbench.interfaces import SAMPLE_CALLBACK_KEYS
+    from dlbench_vqdiffusion.method import VQDiffusion
+    from dlbench_vqlcmd.method import VQLCMD
+
+    ctx = MethodContext(codebook_size=6, token_grid=(2, 2), backbone={"preset": "tiny", "width": 16, "depth": 1,
+                                                                      "heads": 2})
+    for cls, params in ((VQLCMD, {"embedding": {"params": {"dim": 4}}}), (VQDiffusion, {"num_steps": 4})):
+        m = cls(cls.Config(**params), context=ctx)
+        calls = []
+        m.sample(None, torch.arange(2), num_samples=2, steps=3, callback=calls.append)
+        assert len(calls) == 3 and all(set(c) == set(SAMPLE_CALLBACK_KEYS) for c in calls), cls
+        assert [c["i"] for c in calls] == [0, 1, 2] and all(c["steps"] == 3 for c in calls)
+        assert all(0 <= c["t"] <= 1 for c in calls) and calls[0]["t"] > calls[-1]["t"]
+
+
+def test_the_runner_passes_a_sampler_callback():
+    from dlbench.train.dist import DistContext
+    from dlbench.train.pipeline import sample_tokens
+
+    ctx = MethodContext(codebook_size=5, token_grid=(2, 2))
+    m = _tiny_method()(context=ctx)
+    events = []
+    toks = sample_tokens(m, 3, seed=0, labels=None, batch_size=2, steps=4, guidance=1.0, options={},
+                         ctx=DistContext(), events=lambda kind, **kw: events.append((kind, kw)))
+    assert toks.shape == (3, 2, 2)
+    assert [kw["sampler_steps"] for kind, kw in events if kind == "sampling"] == [4, 4]

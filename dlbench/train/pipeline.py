@@ -155,9 +155,9 @@ def get_tokenizer(
     if weights.is_file():
         tokenizer.load_state_dict(torch_load(weights, what="cached tokenizer weights"))
         info = read_json(folder / "info.json", {}) or {}
-    elif getattr(tokenizer, "pretrained", False):  # imported weights (e.g. tokenizer/vqgan checkpoint=...)
+    elif tokenizer.pretrained:  # imported weights (e.g. tokenizer/vqgan checkpoint=...)
         info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
-                "imported": getattr(tokenizer, "imported", None), "training": None}
+                "imported": tokenizer.imported, "training": None}
         if ctx.is_main:
             import io
 
@@ -170,9 +170,7 @@ def get_tokenizer(
     else:
         if not train_if_missing:
             raise PipelineError(f"tokenizer {key} is not in the cache ({folder}); re-run `dlbench run` to train it")
-        prepare = getattr(tokenizer, "prepare_training", None)
-        if callable(prepare):  # fail before loading data, e.g. VQGAN's LPIPS weights are missing
-            prepare()
+        tokenizer.prepare_training()  # fail before loading data, e.g. VQGAN's LPIPS weights are missing
         images, _ = load_split_tensors(dataset, "train")
         tcfg = cfg.tokenizer.training
         result = train(
@@ -296,8 +294,7 @@ def compile_denoisers(method: nn.Module) -> int:
 
 def method_labels(method: Method, labels: torch.Tensor) -> torch.Tensor | None:
     """Labels a method trains on: None for unconditional methods/datasets, else the dataset labels."""
-    requires = getattr(type(method), "requires", None)
-    if getattr(requires, "conditioning", "optional") == "none" or labels is None or (labels < 0).all():
+    if type(method).requires.conditioning == "none" or labels is None or (labels < 0).all():
         return None
     return labels
 
@@ -320,17 +317,23 @@ def sample_tokens(
     method.eval()
     mine = shard_indices(n, ctx.rank, ctx.world_size)
     out = []
+    seen: dict[str, int] = {}
+
+    def on_step(info: dict[str, Any]) -> None:  # dlbench.interfaces.SAMPLE_CALLBACK_KEYS, both families
+        seen["steps"], seen["of"] = int(info["i"]) + 1, int(info["steps"])
+
     with task("sample", len(mine), "images", info=f"{steps or 'default'} steps, guidance {guidance}") as bar:
         for start in range(0, len(mine), batch_size):
             idx = mine[start : start + batch_size]
             lab = labels[idx].to(ctx.device) if labels is not None else None
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 toks = method.sample(lab, sample_seeds(seed, idx).to(ctx.device), num_samples=len(idx),
-                                     steps=steps, guidance=guidance, **options)
+                                     steps=steps, guidance=guidance, callback=on_step, **options)
             out.append(toks.cpu())
             bar.update(start + len(idx))
-            if events is not None:
-                events("sampling", done=int(start + len(idx)), of=len(mine), rank=ctx.rank)
+            if events is not None:  # sampler_steps: steps the sampler reported for this batch (None: no callback)
+                events("sampling", done=int(start + len(idx)), of=len(mine), rank=ctx.rank,
+                       sampler_steps=seen.get("steps"))
     if out:
         mine_tokens = torch.cat(out)
     else:  # an idle rank still takes part in the gather
@@ -526,10 +529,8 @@ def _heldout_tokens(tokenizer, dataset, key, ctx, labelled: bool, limit: int = 5
 
 
 def _nfe(method: Method, sampling: Any) -> int:
-    try:  # some samplers' cost depends on their options (e.g. VQ-Diffusion's stride)
-        return int(method.nfe(sampling.steps, sampling.guidance, **sampling.options))
-    except TypeError:
-        return int(method.nfe(sampling.steps, sampling.guidance))
+    # the options are part of the signature: some samplers' cost depends on them (e.g. VQ-Diffusion's stride)
+    return int(method.nfe(sampling.steps, sampling.guidance, **sampling.options))
 
 
 def compute_record(method: Method, result: Any, grid: tuple[int, int], sampling: Any, ctx: DistContext) -> dict[str, Any]:
@@ -538,7 +539,7 @@ def compute_record(method: Method, result: Any, grid: tuple[int, int], sampling:
     (``forwards_per_step``, e.g. 2 when a teacher is evaluated as well); it ignores attention."""
     params = sum(p.numel() for p in method.parameters() if p.requires_grad)
     positions = grid[0] * grid[1]
-    forwards = float(getattr(method, "forwards_per_step", 1.0))
+    forwards = float(method.forwards_per_step)
     tokens_seen = result.images_seen * positions
     return {
         "params": params,

@@ -349,7 +349,8 @@ class VQLCMD(Method):
         return forwards_per_step(self.config)
 
     # -- sampling --------------------------------------------------------------------------------
-    def nfe(self, steps: int | None = None, guidance: float = 1.0) -> int:
+    def nfe(self, steps: int | None = None, guidance: float = 1.0, **options: Any) -> int:
+        """One network call per DDIM step, two with guidance on a conditional model (``temperature`` costs nothing)."""
         steps = steps or self.config.sample_steps
         return steps * (2 if (guidance != 1.0 and self.num_classes is not None) else 1)
 

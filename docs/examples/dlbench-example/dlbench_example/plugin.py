@@ -109,8 +109,8 @@ class Unigram(Method):
         tokens = (logp + g).argmax(-1)
         return tokens.reshape(b, *self.grid)
 
-    def nfe(self, steps=None, guidance=1.0):
-        return 0
+    def nfe(self, steps=None, guidance=1.0, **options):
+        return 0  # no network: one table lookup per sample
 
 
 @hookimpl
