@@ -272,10 +272,12 @@ def apply_set(data: dict[str, Any], assignment: str) -> dict[str, Any]:
         parts = ["backbone", "params", *parts[1:]]
     out = copy.deepcopy(data)
     node = out
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         nxt = node.get(p)
         if nxt is None:
             nxt = node[p] = {}
+        if isinstance(nxt, str) and parts[i + 1] in ("name", "params"):
+            nxt = node[p] = {"name": nxt}  # a component named by a plain string: schedule=x, then schedule.params.y
         if not isinstance(nxt, dict):
             raise ConfigError(f"--set {key}: {p!r} is a value, not a section")
         node = nxt
