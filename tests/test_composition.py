@@ -231,3 +231,13 @@ def test_the_runner_passes_a_sampler_callback():
                          ctx=DistContext(), events=lambda kind, **kw: events.append((kind, kw)))
     assert toks.shape == (3, 2, 2)
     assert [kw["sampler_steps"] for kind, kw in events if kind == "sampling"] == [4, 4]
+
+
+def test_one_name_for_the_cfg_label_dropout():
+    from dlbench_vqdiffusion.method import VQDiffusionConfig
+    from dlbench_vqlcmd.method import VQLCMDConfig
+
+    assert "label_dropout" in VQDiffusionConfig.model_fields and "label_dropout" in VQLCMDConfig.model_fields
+    assert VQDiffusionConfig.model_validate({"label_drop": 0.2}).label_dropout == 0.2  # saved configs still load
+    with pytest.raises(ValueError, match="give label_dropout only"):
+        VQDiffusionConfig.model_validate({"label_drop": 0.2, "label_dropout": 0.3})

@@ -32,6 +32,7 @@ from dlbench.interfaces import (
     ref,
 )
 from dlbench.nn.denoiser import build_denoiser, drop_labels
+from dlbench.nn.ema import ema_update
 from dlbench.registry import DlbenchError
 
 from .losses import denoising_ce, diffusion_loss, expected_embedding, prior_kl, reconstruction_ce
@@ -212,12 +213,8 @@ class VQLCMD(Method):
         """EMA update of the teacher (denoiser + embedding) from the live model; call after each optimizer step."""
         if self.teacher is None:
             return
-        decay = self.config.ema_decay
         live = nn.ModuleDict({"denoiser": self.denoiser, "embedding": self.embedding})
-        for p_t, p in zip(self.teacher.parameters(), live.parameters(), strict=True):
-            p_t.lerp_(p.detach(), 1.0 - decay)
-        for b_t, b in zip(self.teacher.buffers(), live.buffers(), strict=True):
-            b_t.copy_(b)
+        ema_update(self.teacher, live, self.config.ema_decay)  # same rule as the run's EMA (dlbench.nn.ema)
 
     def _teacher_parts(self) -> tuple[nn.Module, nn.Module]:
         if self.teacher is not None:

@@ -88,8 +88,9 @@ class CodeBalanceConfig(ComponentConfig):
 
 
 class CodeBalance(Regularizer):
-    """Tokenizer regularizer: KL(mean code distribution || uniform) of the soft assignments, with a learned
-    logit scale (its own parameter, trained and saved with the tokenizer)."""
+    """Tokenizer regularizer: KL(mean soft code distribution || uniform), with a learned logit scale.
+
+    The scale is the regularizer's own parameter: it trains with the tokenizer and is saved in its checkpoint."""
 
     Config = CodeBalanceConfig
     stage: ClassVar = "tokenizer"
