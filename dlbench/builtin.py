@@ -11,18 +11,18 @@ from dlbench import hookimpl
 
 @hookimpl
 def register_datasets(register):
-    from dlbench.data import DATASETS
+    from dlbench.data import DATASET_CLASSES
 
-    for name, cls in DATASETS.items():
-        register(name, cls)
+    for cls in DATASET_CLASSES:
+        register(cls.name, cls)
 
 
 @hookimpl
 def register_tokenizers(register):
-    from dlbench.nn import TOKENIZERS
+    from dlbench.nn import VQGAN, VQVAE
 
-    for name, cls in TOKENIZERS.items():
-        register(name, cls)
+    register("vqvae", VQVAE)
+    register("vqgan", VQGAN)
 
 
 @hookimpl
@@ -48,15 +48,16 @@ def register_embeddings(register):
 
 @hookimpl
 def register_feature_extractors(register):
-    from dlbench.eval import FEATURE_EXTRACTORS
+    from dlbench.eval.domain import DomainClassifierExtractor
+    from dlbench.eval.extractors import InceptionFIDExtractor
 
-    for name, cls in FEATURE_EXTRACTORS.items():
-        register(name, cls)
+    register("inception-v3-fid", InceptionFIDExtractor)
+    register("domain-classifier", DomainClassifierExtractor)
 
 
 @hookimpl
 def register_loggers(register):
-    from dlbench.observe.loggers import LOGGERS
+    from dlbench.observe.loggers import JsonlLogger, TensorBoardLogger
 
-    for name, cls in LOGGERS.items():
-        register(name, cls)
+    register("jsonl", JsonlLogger)
+    register("tensorboard", TensorBoardLogger)
