@@ -233,7 +233,7 @@ def build_plan(cfg: Any, *, accelerator: str = "H100", devices: int = 1, utilisa
         nc = getattr(ds_cls, "num_classes", None)
         num_classes = 1000 if cfg.dataset.name == "imagenet" else (nc if isinstance(nc, int) else None)
     context = MethodContext(codebook_size=tok.codebook_size, token_grid=grid, num_classes=num_classes, tokenizer=tok,
-                            backbone={"preset": cfg.backbone.preset, **cfg.backbone.params})
+                            backbone={"preset": cfg.backbone.preset, **cfg.backbone.params}, registry=registry)
     try:
         with torch.device("meta"):
             method = spec.build(cfg.method.params, context=context)

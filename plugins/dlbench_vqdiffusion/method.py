@@ -1,6 +1,7 @@
 """The ``vq-diffusion`` method: VQ-Diffusion (Gu et al. 2022) with Improved VQ-Diffusion sampling.
 
-Composes a discrete schedule (``dlbench.schedules.discrete``), the transition kernel
+Composes a discrete schedule (a component slot: any registered ``schedule`` of the discrete family, built
+through ``MethodContext.build``; default ``vqdiffusion-alpha1``), the transition kernel
 (:mod:`.kernel`), the loss (:mod:`.losses`), the samplers (:mod:`.sampling`) and the shared
 backbone (``dlbench.nn.denoiser``) with a [MASK] input id (vocabulary K+1) and K output logits.
 """

@@ -1,7 +1,8 @@
 """VQ-LCMD: latent consistency-matching diffusion over learnable token embeddings (METHODS.md §A), + ablations.
 
-One class, :class:`VQLCMD`, composes a continuous schedule (``dlbench.schedules.continuous``), an embedding
-strategy (``dlbench.embeddings``), the shared denoiser (input = embeddings, output = token logits), the pure
+One class, :class:`VQLCMD`, composes a continuous schedule and an embedding strategy (component slots: any
+registered ``schedule`` of the continuous family and any ``embedding``, built through ``MethodContext.build``;
+defaults ``shifted-cosine`` and ``learnable``), the shared denoiser (input = embeddings, output = token logits), the pure
 losses of :mod:`.losses` and the regularizers of :mod:`.regularizers`. The ablations are the same class with
 other config defaults (``csdm``, ``vqlcmd-nodrop``, ``vqlcmd-noshift``, ``fixed-embedding``).
 
