@@ -241,3 +241,23 @@ def test_one_name_for_the_cfg_label_dropout():
     assert VQDiffusionConfig.model_validate({"label_drop": 0.2}).label_dropout == 0.2  # saved configs still load
     with pytest.raises(ValueError, match="give label_dropout only"):
         VQDiffusionConfig.model_validate({"label_drop": 0.2, "label_dropout": 0.3})
+
+
+def test_a_list_slot_builds_every_component(registry):
+    from typing import Annotated
+
+    from pydantic import Field
+
+    from dlbench.interfaces import ComponentConfig
+    from dlbench.registry import resolve_slots
+
+    class WithRegs(ComponentConfig):
+        regs: Annotated[list[ComponentRef], Slot("regularizer", stage="tokenizer")] = Field(default_factory=list)
+
+    cfg = WithRegs(regs=["prior-kl", {"name": "stochastic-mask", "params": {"ratio": 0.2}}])
+    resolve_slots(registry, cfg, where="method.params")
+    assert cfg.regs[1].params["ratio"] == 0.2 and cfg.regs[0].params["weight"] == 0.1
+    built = MethodContext(codebook_size=4, token_grid=(1, 1), registry=registry).build(cfg, "regs")
+    assert [type(m).__name__ for m in built] == ["PriorKL", "StochasticMask"]
+    with pytest.raises(SlotError, match=r"method.params.regs.1: regularizer/random-dropping does not fit"):
+        resolve_slots(registry, WithRegs(regs=["prior-kl", "random-dropping"]), where="method.params")

@@ -142,10 +142,7 @@ class ContrastiveConfig(ComponentConfig):
 
 
 def _build_extractor(name: str, params: dict[str, Any]):
-    if name == "inception-early":
-        from .features import InceptionEarly
-
-        return InceptionEarly(InceptionEarly.Config.model_validate(params))
+    """The feature extractor ``name`` from the registry (this plugin's ``inception-early`` is no special case)."""
     from dlbench.plugins import get_registry
 
     ext = get_registry().get("feature_extractor", name).build(params)
