@@ -11,6 +11,9 @@ easy way to get the docs and defaults.
 
 Shapes use einops notation: ``b`` batch, ``c`` channels, ``H W`` pixels, ``h w`` token grid,
 ``n = h*w`` positions, ``k`` codebook size, ``d`` embedding dim.
+
+Longer than ~350 lines on purpose: this one file is the whole contract a plugin author reads (every kind's
+interface, component references and slots, the method context and protocol), mostly docstrings.
 """
 
 from __future__ import annotations

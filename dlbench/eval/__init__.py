@@ -9,7 +9,6 @@ from dlbench.eval.domain import DomainClassifierExtractor
 from dlbench.eval.protocol import PRESETS, EvalProtocol, ProtocolError, resolve_protocol
 
 
-
 def evaluate_samples(*args, **kwargs):  # noqa: D103 -- lazy: keeps `import dlbench.eval` light
     from dlbench.eval.api import evaluate_samples as f
 
@@ -27,5 +26,5 @@ evaluate_tokenizer.__doc__ = "See :func:`dlbench.eval.api.evaluate_tokenizer`."
 
 __all__ = [
     "EvalProtocol", "PRESETS", "ProtocolError", "resolve_protocol", "collapse_diagnostics",
-    "evaluate_samples", "evaluate_tokenizer",
+    "DomainClassifierExtractor", "InceptionFIDExtractor", "evaluate_samples", "evaluate_tokenizer",
 ]
