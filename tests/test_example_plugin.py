@@ -253,7 +253,15 @@ def test_plugin_schedules_run_inside_the_builtin_methods_by_name(installed_examp
     assert cfg["method"]["params"]["schedule"]["name"] == "cosine-mask"
     assert cfg["tokenizer"]["regularizers"] == [{"name": "code-balance", "params": {"weight": 0.05, "temperature": 1.0}}]
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
-    assert any("code-balance" in e for e in events if e["event"] == "tokenizer_train")  # its term is trained
+    (tok,) = [e for e in events if e["event"] == "tokenizer"]  # trained now or reused from the cache
+    folder = Path(tok["path"])
+    info = json.loads((folder / "info.json").read_text())
+    assert info["regularizers"] == cfg["tokenizer"]["regularizers"]
+    # the regularizer's own parameter (its learned logit scale) trained with the tokenizer and was saved with it
+    state = torch.load(folder / "tokenizer.pt", weights_only=True)
+    assert [k for k in state if k.endswith("log_scale")] == ["_regularizer_modules.0.log_scale"]
+    trained_steps = [e for e in events if e["event"] == "tokenizer_train"]
+    assert not trained_steps or all("code-balance" in e for e in trained_steps)  # its term is logged
     assert json.loads((run / "metrics.json").read_text())["status"] == "ok"
 
 
