@@ -102,7 +102,7 @@ def tokenizer_key(cfg: Any, dataset: ImageDataset) -> str:
 
 def tokenizer_key_inputs(cfg: Any, dataset: ImageDataset) -> dict[str, Any]:
     """What :func:`tokenizer_key` hashes (recorded next to shipped tokenizers)."""
-    return {
+    inputs = {
         "version": TOKENIZER_CACHE_VERSION,
         "dataset": cfg.dataset.name,
         "train_fingerprint": dataset.fingerprint("train"),
@@ -113,13 +113,22 @@ def tokenizer_key_inputs(cfg: Any, dataset: ImageDataset) -> dict[str, Any]:
         "training": cfg.tokenizer.training.model_dump(mode="json"),
         "seed": cfg.tokenizer.seed,
     }
+    regularizers = [r.model_dump(mode="json") for r in cfg.tokenizer.regularizers]
+    if regularizers:  # only when set: keys of tokenizers without regularizers (and shipped copies) stay valid
+        inputs["regularizers"] = regularizers
+    return inputs
 
 
 def build_tokenizer(cfg: Any, dataset: ImageDataset) -> Tokenizer:
     from dlbench.plugins import get_registry
 
-    spec = get_registry().get("tokenizer", cfg.tokenizer.name)
-    return spec.build(cfg.tokenizer.params, channels=dataset.channels, resolution=dataset.resolution)
+    from dlbench.registry import attach_regularizers
+
+    registry = get_registry()
+    spec = registry.get("tokenizer", cfg.tokenizer.name)
+    tokenizer = spec.build(cfg.tokenizer.params, channels=dataset.channels, resolution=dataset.resolution)
+    attach_regularizers(registry, tokenizer, list(cfg.tokenizer.regularizers))
+    return tokenizer
 
 
 def get_tokenizer(
@@ -146,9 +155,9 @@ def get_tokenizer(
     if weights.is_file():
         tokenizer.load_state_dict(torch_load(weights, what="cached tokenizer weights"))
         info = read_json(folder / "info.json", {}) or {}
-    elif getattr(tokenizer, "pretrained", False):  # imported weights (e.g. tokenizer/vqgan checkpoint=...)
+    elif tokenizer.pretrained:  # imported weights (e.g. tokenizer/vqgan checkpoint=...)
         info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
-                "imported": getattr(tokenizer, "imported", None), "training": None}
+                "imported": tokenizer.imported, "training": None}
         if ctx.is_main:
             import io
 
@@ -161,9 +170,7 @@ def get_tokenizer(
     else:
         if not train_if_missing:
             raise PipelineError(f"tokenizer {key} is not in the cache ({folder}); re-run `dlbench run` to train it")
-        prepare = getattr(tokenizer, "prepare_training", None)
-        if callable(prepare):  # fail before loading data, e.g. VQGAN's LPIPS weights are missing
-            prepare()
+        tokenizer.prepare_training()  # fail before loading data, e.g. VQGAN's LPIPS weights are missing
         images, _ = load_split_tensors(dataset, "train")
         tcfg = cfg.tokenizer.training
         result = train(
@@ -179,6 +186,7 @@ def get_tokenizer(
         finish = getattr(tokenizer, "finish_training", None)  # optional: e.g. kl-vae's latent statistics
         finished = finish(images) if callable(finish) else None
         info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
+                "regularizers": [r.model_dump(mode="json") for r in cfg.tokenizer.regularizers],
                 "training": result.record(), "dataset": cfg.dataset.name,
                 "train_fingerprint": dataset.fingerprint("train"),
                 **({"finish_training": finished} if finished is not None else {})}
@@ -258,7 +266,8 @@ def write_recon_grid(tokenizer: Tokenizer, dataset: ImageDataset, path: Path, ct
 def build_method(cfg: Any, tokenizer: Tokenizer, dataset: ImageDataset, grid: tuple[int, int]) -> Method:
     from dlbench.plugins import get_registry
 
-    spec = get_registry().get("method", cfg.method.name)
+    registry = get_registry()
+    spec = registry.get("method", cfg.method.name)
     requires = getattr(spec.factory, "requires", None)
     conditioning = getattr(requires, "conditioning", "optional")
     num_classes = dataset.num_classes if conditioning != "none" else None
@@ -266,7 +275,7 @@ def build_method(cfg: Any, tokenizer: Tokenizer, dataset: ImageDataset, grid: tu
         raise PipelineError(f"method {cfg.method.name!r} needs class labels; dataset {cfg.dataset.name!r} has none")
     context = MethodContext(
         codebook_size=tokenizer.codebook_size, token_grid=grid, num_classes=num_classes, tokenizer=tokenizer,
-        backbone={"preset": cfg.backbone.preset, **cfg.backbone.params},
+        backbone={"preset": cfg.backbone.preset, **cfg.backbone.params}, registry=registry,
     )
     torch.manual_seed(cfg.seed)  # method init is a function of the run seed
     method = spec.build(cfg.method.params, context=context)
@@ -288,8 +297,7 @@ def compile_denoisers(method: nn.Module) -> int:
 
 def method_labels(method: Method, labels: torch.Tensor) -> torch.Tensor | None:
     """Labels a method trains on: None for unconditional methods/datasets, else the dataset labels."""
-    requires = getattr(type(method), "requires", None)
-    if getattr(requires, "conditioning", "optional") == "none" or labels is None or (labels < 0).all():
+    if type(method).requires.conditioning == "none" or labels is None or (labels < 0).all():
         return None
     return labels
 
@@ -312,17 +320,23 @@ def sample_tokens(
     method.eval()
     mine = shard_indices(n, ctx.rank, ctx.world_size)
     out = []
+    seen: dict[str, int] = {}
+
+    def on_step(info: dict[str, Any]) -> None:  # dlbench.interfaces.SAMPLE_CALLBACK_KEYS, both families
+        seen["steps"], seen["of"] = int(info["i"]) + 1, int(info["steps"])
+
     with task("sample", len(mine), "images", info=f"{steps or 'default'} steps, guidance {guidance}") as bar:
         for start in range(0, len(mine), batch_size):
             idx = mine[start : start + batch_size]
             lab = labels[idx].to(ctx.device) if labels is not None else None
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 toks = method.sample(lab, sample_seeds(seed, idx).to(ctx.device), num_samples=len(idx),
-                                     steps=steps, guidance=guidance, **options)
+                                     steps=steps, guidance=guidance, callback=on_step, **options)
             out.append(toks.cpu())
             bar.update(start + len(idx))
-            if events is not None:
-                events("sampling", done=int(start + len(idx)), of=len(mine), rank=ctx.rank)
+            if events is not None:  # sampler_steps: steps the sampler reported for this batch (None: no callback)
+                events("sampling", done=int(start + len(idx)), of=len(mine), rank=ctx.rank,
+                       sampler_steps=seen.get("steps"))
     if out:
         mine_tokens = torch.cat(out)
     else:  # an idle rank still takes part in the gather
@@ -521,10 +535,8 @@ def _heldout_tokens(tokenizer, dataset, key, ctx, labelled: bool, limit: int = 5
 
 
 def _nfe(method: Method, sampling: Any) -> int:
-    try:  # some samplers' cost depends on their options (e.g. VQ-Diffusion's stride)
-        return int(method.nfe(sampling.steps, sampling.guidance, **sampling.options))
-    except TypeError:
-        return int(method.nfe(sampling.steps, sampling.guidance))
+    # the options are part of the signature: some samplers' cost depends on them (e.g. VQ-Diffusion's stride)
+    return int(method.nfe(sampling.steps, sampling.guidance, **sampling.options))
 
 
 def compute_record(method: Method, result: Any, grid: tuple[int, int], sampling: Any, ctx: DistContext) -> dict[str, Any]:
@@ -533,7 +545,7 @@ def compute_record(method: Method, result: Any, grid: tuple[int, int], sampling:
     (``forwards_per_step``, e.g. 2 when a teacher is evaluated as well); it ignores attention."""
     params = sum(p.numel() for p in method.parameters() if p.requires_grad)
     positions = grid[0] * grid[1]
-    forwards = float(getattr(method, "forwards_per_step", 1.0))
+    forwards = float(method.forwards_per_step)
     tokens_seen = result.images_seen * positions
     return {
         "params": params,
