@@ -9,9 +9,10 @@ f4: 32x32 -> 8x8 tokens) and reports, on held-out test images:
   dlbench's Fashion-MNIST domain classifier, ``dlbench.eval.domain``) -- not Inception FID, which runs
   at ~10 img/s on this CPU.
 
-Variants, in the paper's ablation order: the registered ``regvq-*`` tokenizers (``regvq-vq`` is plain VQ,
-the same objective and architecture as ``tokenizer/vqvae``, tested) and ``vq`` (``tokenizer/vqvae``
-itself). ``--logits`` sets ``RegVQConfig.logits`` (``adaptive`` default, ``fixed`` = the old
+Variants, in the paper's ablation order: ``regvq-<row>`` is ``tokenizer/regvq`` with the regularizers of
+``dlbench_regvq.tokenizer.ABLATION_ROWS[<row>]`` attached as a run's ``tokenizer.regularizers`` are
+(``regvq-vq`` is plain VQ, the same objective and architecture as ``tokenizer/vqvae``, tested; ``regvq`` is
+the full row), and ``vq`` (``tokenizer/vqvae`` itself). ``--logits`` sets ``RegVQConfig.logits`` (``adaptive`` default, ``fixed`` = the old
 ``logit_scale = 1`` behaviour). One variant per process with ``--threads 1`` lets two run side by side::
 
     PYTHONPATH=.:plugins python benchmarks/bench_regvq_tokenizer.py [--steps 1500] [--variants regvq-vq,regvq] [--threads 1]
@@ -32,7 +33,9 @@ from dlbench.eval.domain import domain_metrics, stack_split, train_domain_classi
 from dlbench.eval.quantize import quantize_uint8 as to_u8  # the protocol's rounding rule
 from dlbench.eval.tokenizer_metrics import TokenizerMetricsAccumulator
 from dlbench.nn.vqvae import VQVAE, VQVAEConfig
-from dlbench_regvq.tokenizer import VARIANT_CONFIGS, RegVQConfig, RegVQTokenizer
+from dlbench.plugins import get_registry
+from dlbench.registry import attach_regularizers
+from dlbench_regvq.tokenizer import ABLATION_ROWS, RegVQConfig, RegVQTokenizer
 
 ARCH = dict(codebook_size=512, code_dim=32, channels=32, res_blocks=1, recon_loss="l1")
 ORDER = ["vq", "regvq-vq", "regvq-prior", "regvq-prior-mask", "regvq-prior-mask-cl", "regvq", "regvq-gumbel"]
@@ -41,14 +44,17 @@ ORDER = ["vq", "regvq-vq", "regvq-prior", "regvq-prior-mask", "regvq-prior-mask-
 def build(name: str, steps: int, logits: str = "adaptive", entropy_weight: float | None = None) -> torch.nn.Module:
     if name == "vq":
         return VQVAE(VQVAEConfig(**ARCH), channels=1, resolution=32)
-    cfg_cls = RegVQConfig if name == "regvq" else VARIANT_CONFIGS[name]
-    cfg = cfg_cls(**ARCH, tau_anneal_steps=steps, logits=logits)
-    if entropy_weight is not None:
-        cfg.prior.entropy_weight = entropy_weight
-    cfg.contrastive.num_patches = 32
-    # 32 px stem input (15/13/4 px maps) keeps the frozen-feature pass cheap on a 2-core CPU
-    cfg.contrastive.extractor_params = {"resize": 32}
-    return RegVQTokenizer(cfg, channels=1, resolution=32)
+    row = "regvq" if name == "regvq" else name.removeprefix("regvq-")
+    tweaks = {
+        "stochastic-mask": {"tau_anneal_steps": steps},
+        "prior-kl": {} if entropy_weight is None else {"entropy_weight": entropy_weight},
+        # 32 px stem input (15/13/4 px maps) keeps the frozen-feature pass cheap on a 2-core CPU
+        "probabilistic-contrastive": {"num_patches": 32, "extractor_params": {"resize": 32}},
+    }
+    regs = [{"name": r["name"], "params": {**r.get("params", {}), **tweaks[r["name"]]}} for r in ABLATION_ROWS[row]]
+    tok = RegVQTokenizer(RegVQConfig(**ARCH, logits=logits), channels=1, resolution=32)
+    attach_regularizers(get_registry(), tok, regs)
+    return tok
 
 
 def main() -> None:

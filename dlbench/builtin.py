@@ -11,48 +11,53 @@ from dlbench import hookimpl
 
 @hookimpl
 def register_datasets(register):
-    from dlbench.data import DATASETS
+    from dlbench.data import DATASET_CLASSES
 
-    for name, cls in DATASETS.items():
-        register(name, cls)
+    for cls in DATASET_CLASSES:
+        register(cls.name, cls)
 
 
 @hookimpl
 def register_tokenizers(register):
-    from dlbench.nn import TOKENIZERS
+    from dlbench.nn import VQGAN, VQVAE
 
-    for name, cls in TOKENIZERS.items():
-        register(name, cls)
+    register("vqvae", VQVAE)
+    register("vqgan", VQGAN)
 
 
 @hookimpl
 def register_schedules(register):
-    from dlbench.schedules.continuous import CONTINUOUS_SCHEDULES
-    from dlbench.schedules.discrete import DISCRETE_SCHEDULES
+    from dlbench.schedules.continuous import CosineSchedule, LinearLogSNRSchedule, ShiftedCosineSchedule
+    from dlbench.schedules.discrete import MaskAndReplaceSchedule, VQDiffusionAlpha1Schedule
 
-    for name, cls in {**CONTINUOUS_SCHEDULES, **DISCRETE_SCHEDULES}.items():
-        register(name, cls)
+    register("cosine", CosineSchedule)
+    register("shifted-cosine", ShiftedCosineSchedule)
+    register("linear", LinearLogSNRSchedule)
+    register("vqdiffusion-alpha1", VQDiffusionAlpha1Schedule)
+    register("mask-and-replace", MaskAndReplaceSchedule)
 
 
 @hookimpl
 def register_embeddings(register):
-    from dlbench.embeddings import EMBEDDINGS
+    from dlbench.embeddings import CodebookEmbedding, LearnableEmbedding, OneHotEmbedding
 
-    for name, cls in EMBEDDINGS.items():
-        register(name, cls)
+    register("learnable", LearnableEmbedding)
+    register("codebook", CodebookEmbedding)
+    register("one-hot", OneHotEmbedding)
 
 
 @hookimpl
 def register_feature_extractors(register):
-    from dlbench.eval import FEATURE_EXTRACTORS
+    from dlbench.eval.domain import DomainClassifierExtractor
+    from dlbench.eval.extractors import InceptionFIDExtractor
 
-    for name, cls in FEATURE_EXTRACTORS.items():
-        register(name, cls)
+    register("inception-v3-fid", InceptionFIDExtractor)
+    register("domain-classifier", DomainClassifierExtractor)
 
 
 @hookimpl
 def register_loggers(register):
-    from dlbench.observe.loggers import LOGGERS
+    from dlbench.observe.loggers import JsonlLogger, TensorBoardLogger
 
-    for name, cls in LOGGERS.items():
-        register(name, cls)
+    register("jsonl", JsonlLogger)
+    register("tensorboard", TensorBoardLogger)

@@ -31,7 +31,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dlbench.registry import DlbenchError, Registry
+from dlbench.interfaces import ComponentRef as _ComponentRef
+from dlbench.registry import TOKENIZER_REGULARIZERS, DlbenchError, Registry, resolve_ref, resolve_slots
 
 PresetName = Literal["quick", "default", "benchmark", "collapse", "paper"]
 PRESETS: tuple[str, ...] = ("quick", "default", "benchmark", "collapse", "paper")
@@ -48,11 +49,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-class ComponentRef(Section):
-    """A registered component by name plus its parameters (validated by the component's Config)."""
-
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+#: a registered component by name plus its parameters (validated by the component's Config); a plain
+#: string is short for ``{"name": string}``
+ComponentRef = _ComponentRef
+#: the slot of ``tokenizer.regularizers``: tokenizer-stage regularizers composed into the tokenizer's loss
+TOKENIZER_REGULARIZER_SLOT = TOKENIZER_REGULARIZERS
 
 
 class TrainingConfig(Section):
@@ -103,6 +104,9 @@ class TokenizerRef(ComponentRef):
         default_factory=lambda: TokenizerTrainingConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100,
                                                         ema_decay=0.0, grad_clip=None, precision="fp32")
     )
+    regularizers: list[ComponentRef] = Field(
+        default_factory=list, description="tokenizer-stage regularizers added to the tokenizer's training loss, "
+        "e.g. [{name = \"prior-kl\"}, \"stochastic-mask\"] (part of the tokenizer cache key)")
 
 
 class DatasetRef(ComponentRef):
@@ -272,10 +276,12 @@ def apply_set(data: dict[str, Any], assignment: str) -> dict[str, Any]:
         parts = ["backbone", "params", *parts[1:]]
     out = copy.deepcopy(data)
     node = out
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         nxt = node.get(p)
         if nxt is None:
             nxt = node[p] = {}
+        if isinstance(nxt, str) and parts[i + 1] in ("name", "params"):
+            nxt = node[p] = {"name": nxt}  # a component named by a plain string: schedule=x, then schedule.params.y
         if not isinstance(nxt, dict):
             raise ConfigError(f"--set {key}: {p!r} is a value, not a section")
         node = nxt
@@ -405,8 +411,15 @@ def resolve_config(data: dict[str, Any] | RunConfig, registry: Registry) -> RunC
             params = spec.make_config(ref.params)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, prefix=f"{section}.params")) from None
+        resolve_slots(registry, params, where=f"{section}.params")  # schedule/embedding/... references
         ref.name = spec.name
         ref.params = params.model_dump(mode="json")
+    for i, reg in enumerate(cfg.tokenizer.regularizers):
+        spec, params = resolve_ref(registry, reg, TOKENIZER_REGULARIZER_SLOT, where=f"tokenizer.regularizers.{i}")
+        reg.name, reg.params = spec.name, params.model_dump(mode="json")
+    names = [r.name for r in cfg.tokenizer.regularizers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"tokenizer.regularizers = {names}: each regularizer may appear once")
     for i, ref in enumerate(cfg.loggers):
         spec = registry.get("logger", ref.name)
         try:
@@ -434,6 +447,13 @@ def resolve_config(data: dict[str, Any] | RunConfig, registry: Registry) -> RunC
 
 def check_compatibility(cfg: RunConfig, registry: Registry) -> None:
     """Reject impossible method/dataset/tokenizer combinations before any training starts."""
+    if cfg.tokenizer.regularizers:
+        tok_cls = registry.get("tokenizer", cfg.tokenizer.name).factory
+        if not callable(getattr(tok_cls, "add_regularizer", None)):
+            raise ConfigError(
+                f"tokenizer.regularizers: tokenizer {cfg.tokenizer.name!r} takes no regularizers (it has no "
+                "add_regularizer); use a tokenizer that does, e.g. vqvae or regvq"
+            )
     method_cls = registry.get("method", cfg.method.name).factory
     req = getattr(method_cls, "requires", None)
     if req is None:

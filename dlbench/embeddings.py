@@ -23,7 +23,7 @@ from dlbench.eval.collapse import collapse_diagnostics
 from dlbench.interfaces import ComponentConfig, EmbeddingStrategy, Tokenizer
 from dlbench.registry import DlbenchError
 
-__all__ = ["EMBEDDINGS", "CodebookEmbedding", "EmbeddingConfigError", "LearnableEmbedding", "OneHotEmbedding"]
+__all__ = ["CodebookEmbedding", "EmbeddingConfigError", "LearnableEmbedding", "OneHotEmbedding"]
 
 
 class EmbeddingConfigError(DlbenchError, ValueError):
@@ -123,10 +123,3 @@ class OneHotEmbedding(_Base):
 
     def weight(self) -> torch.Tensor:
         return self.table
-
-
-EMBEDDINGS: dict[str, type[EmbeddingStrategy]] = {
-    "learnable": LearnableEmbedding,
-    "codebook": CodebookEmbedding,
-    "one-hot": OneHotEmbedding,
-}

@@ -11,6 +11,9 @@ easy way to get the docs and defaults.
 
 Shapes use einops notation: ``b`` batch, ``c`` channels, ``H W`` pixels, ``h w`` token grid,
 ``n = h*w`` positions, ``k`` codebook size, ``d`` embedding dim.
+
+Longer than ~350 lines on purpose: this one file is the whole contract a plugin author reads (every kind's
+interface, component references and slots, the method context and protocol), mostly docstrings.
 """
 
 from __future__ import annotations
@@ -20,8 +23,71 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+
+
+# ---------------------------------------------------------------------------------------------
+# Component references and slots
+# ---------------------------------------------------------------------------------------------
+
+
+class ComponentRef(BaseModel):
+    """A registered component by name plus its own parameters, ``{name, params}``.
+
+    A plain string is short for ``{"name": string}`` (``--set method.schedule=cosine``). ``params`` are
+    validated by the component's ``Config`` (``extra="forbid"``) when the run config is resolved.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Marks a component-config field as a slot for a registered component of ``kind``.
+
+    Declared as ``Annotated[ComponentRef, Slot("schedule", family="continuous")]`` (one component) or
+    ``Annotated[list[ComponentRef], Slot("regularizer", stage="tokenizer")]`` (several). ``family``
+    (schedules: ``continuous``/``discrete``) and ``stage`` (regularizers: ``tokenizer``/``generator``)
+    narrow what fits; a component that does not fit is refused when the run config is resolved.
+    Slots are built through :meth:`MethodContext.build` (or :func:`dlbench.registry.build_ref`).
+    """
+
+    kind: str
+    family: str | None = None
+    stage: str | None = None
+
+
+def ref(name: str, **params: Any) -> Any:
+    """A slot field's default ``{name, params}`` (``schedule: Annotated[...] = ref("cosine")``)."""
+    return Field(default_factory=lambda: ComponentRef(name=name, params=dict(params)))
+
+
+def config_slots(config_cls: type[BaseModel]) -> dict[str, tuple[Slot, bool]]:
+    """``{field name: (Slot, holds a list)}`` of a config model class."""
+    out: dict[str, tuple[Slot, bool]] = {}
+    for name, info in config_cls.model_fields.items():
+        slot = next((m for m in info.metadata if isinstance(m, Slot)), None)
+        if slot is not None:
+            out[name] = (slot, getattr(info.annotation, "__origin__", None) is list)
+    return out
+
+
+def _partial_ref(value: Any, default: Any) -> Any:
+    """A slot value given without a name (``{"params": {...}}``, as presets and ``--set slot.params.x=1``
+    write) keeps the default component and updates its params."""
+    if isinstance(value, dict) and "name" not in value and isinstance(default, ComponentRef):
+        return {"name": default.name, "params": {**default.params, **(value.get("params") or {})},
+                **{k: v for k, v in value.items() if k != "params"}}
+    return value
 
 
 class ComponentConfig(BaseModel):
@@ -29,6 +95,17 @@ class ComponentConfig(BaseModel):
 
     # NaN/inf are never a meaningful setting (lr=inf "validates" with gt=0, then diverges at step 1)
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _slot_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, (_, many) in config_slots(cls).items():
+                if name in data and not many:
+                    info = cls.model_fields[name]
+                    default = info.default_factory() if info.default_factory is not None else info.default
+                    data = {**data, name: _partial_ref(data[name], default)}
+        return data
 
 
 class EmptyConfig(ComponentConfig):
@@ -50,6 +127,17 @@ class Tokenizer(nn.Module, ABC):
     REQUIRED: ClassVar[tuple[str, ...]] = ("encode", "decode", "codebook", "token_grid", "training_loss")
     Config: ClassVar[type[ComponentConfig]] = EmptyConfig
     codebook_size: int
+    #: where imported weights came from (a released checkpoint), None when dlbench trains the tokenizer
+    imported: dict[str, Any] | None = None
+
+    @property
+    def pretrained(self) -> bool:
+        """True when the weights were imported: the runner then skips tokenizer training."""
+        return self.imported is not None
+
+    def prepare_training(self) -> None:
+        """Called before the tokenizer's training loads any data: build (or fail on) what training needs beyond
+        the weights, e.g. VQGAN's LPIPS network. Default: nothing."""
 
     @abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -110,7 +198,7 @@ class NoiseSchedule(ABC):
 
     REQUIRED: ClassVar[tuple[str, ...]] = ()
     #: a schedule implements one of these method sets (continuous or discrete family)
-    REQUIRED_ANY: ClassVar[tuple[tuple[str, ...], ...]] = (("logsnr", "alpha_sigma"), ("coefficients",))
+    REQUIRED_ANY: ClassVar[tuple[tuple[str, ...], ...]] = (("logsnr", "alpha_sigma", "dlogsnr"), ("coefficients",))
     Config: ClassVar[type[ComponentConfig]] = EmptyConfig
     family: ClassVar[Literal["continuous", "discrete"]]
 
@@ -118,12 +206,21 @@ class NoiseSchedule(ABC):
 class ContinuousSchedule(NoiseSchedule):
     """Variance-preserving continuous schedule given by its log-SNR ``lambda(t)``, t in [0, 1]."""
 
-    REQUIRED: ClassVar[tuple[str, ...]] = ("logsnr", "alpha_sigma")
+    REQUIRED: ClassVar[tuple[str, ...]] = ("logsnr", "alpha_sigma", "dlogsnr")
     family: ClassVar[Literal["continuous", "discrete"]] = "continuous"
 
     @abstractmethod
     def logsnr(self, t: torch.Tensor) -> torch.Tensor:
         """``lambda(t) = log(alpha^2 / sigma^2)``, same shape as ``t``, finite on [0, 1]."""
+
+    def dlogsnr(self, t: torch.Tensor) -> torch.Tensor:
+        """``d lambda / dt``, same shape as ``t`` (the VDM ELBO weight ``-lambda'(t) e^lambda / 2`` needs it;
+        METHODS.md §A.2.2). Default: autograd through :meth:`logsnr`; override with the closed form."""
+        with torch.enable_grad():
+            tt = torch.as_tensor(t).detach().to(torch.get_default_dtype() if not torch.is_floating_point(
+                torch.as_tensor(t)) else torch.as_tensor(t).dtype).requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.logsnr(tt).sum(), tt)
+        return grad
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(alpha, sigma)`` with ``alpha^2 = sigmoid(lambda)``, ``sigma^2 = sigmoid(-lambda)``."""
@@ -156,8 +253,23 @@ class Regularizer(nn.Module, ABC):
     """A named loss term attached to a stage (``tokenizer`` or ``generator``).
 
     Built as ``cls(config)``. ``forward(**tensors)`` returns a scalar loss (unweighted; the owner
-    applies ``config.weight`` when the config has one). Which keyword tensors it reads is documented
-    per regularizer; unknown keywords are ignored so one call site serves all.
+    applies ``config.weight`` when the config has one, else weight 1). Which keyword tensors it reads is
+    documented per regularizer; unknown keywords are ignored so one call site serves all.
+
+    Tokenizer stage (``tokenizer.regularizers`` of a run config; the tokenizer's ``add_regularizer``):
+    a regularizer is an ``nn.Module`` of the tokenizer, so its own parameters (e.g. a projection head)
+    train with the tokenizer's optimizer and are saved in its checkpoint. ``forward`` receives
+
+    - ``images``, ``recon`` ``"b c H W"`` (input and reconstruction, [-1, 1]);
+    - ``z_e`` ``"b h w d"`` (encoder output before quantization), ``z_q`` (decoder input),
+      ``z_best`` (nearest code vectors), ``z_sampled`` (code vectors of the codes fed to the decoder);
+    - ``logits``, ``probs``, ``distances`` ``"b h w k"`` (the tokenizer's per-position code logits,
+      their softmax, squared code distances), ``codes`` ``"b h w"`` (nearest codes);
+    - ``encoder`` (the tokenizer's encoder module) and ``step`` (tokenizer training step, int).
+    - ``rec_loss`` (the scalar reconstruction loss, with its graph) and ``encoder_last_layer`` (the weight of
+      the conv that outputs ``z_e``: VA-VAE's adaptive weight compares gradient norms there).
+
+    :meth:`perturb` lets a regularizer change the decoder input during training (the stochastic mask).
     """
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("forward",)
@@ -165,8 +277,16 @@ class Regularizer(nn.Module, ABC):
     stage: ClassVar[Literal["tokenizer", "generator"]]
 
     @abstractmethod
-    def forward(self, **tensors: torch.Tensor) -> torch.Tensor:
+    def forward(self, **tensors: Any) -> torch.Tensor:
         ...
+
+    def perturb(self, *, logits: torch.Tensor, z_q: torch.Tensor, codes: torch.Tensor, codebook: torch.Tensor,
+                step: int) -> dict[str, torch.Tensor] | None:
+        """Tokenizer stage, training only: replace the decoder input before decoding. Receives the code
+        ``logits "b h w k"``, the deterministic decoder input ``z_q "b h w d"`` and its ``codes "b h w"``, the
+        ``codebook "k d"`` and the training ``step``; returns ``{"z_q", "codes", "mask"}`` (``mask "b h w"``
+        bool: positions changed) or None (default: no change)."""
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,16 +310,48 @@ class MethodRequirements:
 
 @dataclass
 class MethodContext:
-    """Everything a method is built from besides its config."""
+    """Everything a method is built from besides its config.
+
+    ``registry``: where the method's slot components (schedule, embedding, regularizers) are looked up;
+    the runner passes its own. Left ``None`` (a method built by hand, e.g. in a test), :meth:`build` uses
+    the registry of the installed plugins.
+    """
 
     codebook_size: int
     token_grid: tuple[int, int]
     num_classes: int | None = None
     tokenizer: Tokenizer | None = None
     backbone: dict[str, Any] = field(default_factory=dict)
+    registry: Any = None
+
+    def build(self, config: BaseModel, slot: str, **context: Any) -> Any:
+        """Build the component in slot ``slot`` of the method config ``config`` (a field declared with
+        :class:`Slot`), checked against the slot's kind/family/stage; ``context`` are the kind's build
+        keywords (e.g. ``codebook_size=...`` for an embedding). For a list slot, returns a list."""
+        from dlbench.registry import build_ref
+
+        slots = config_slots(type(config))
+        if slot not in slots:
+            raise KeyError(f"{type(config).__name__} has no component slot {slot!r} (slots: {sorted(slots)})")
+        spec, many = slots[slot]
+        value = getattr(config, slot)
+        registry = self.registry
+        if registry is None:
+            from dlbench.plugins import get_registry
+
+            registry = get_registry()
+        where = f"method.params.{slot}"
+        if many:
+            return [build_ref(registry, r, spec, where=f"{where}.{i}", **context) for i, r in enumerate(value)]
+        return build_ref(registry, value, spec, where=where, **context)
 
 
 SampleCallback = Callable[[dict[str, Any]], None]
+#: the keys of the dict every sampler passes to ``callback`` after each step, in both families:
+#: ``i`` (step index from 0), ``steps`` (steps in this call), ``t`` (float time of the step in [0, 1]; a discrete
+#: method's t / T), ``x`` (the sampler's state after the step: tokens ``"b n"``, or latents ``"b h w d"``),
+#: ``x0_logits`` (the network's prediction of the clean tokens at this step, logits or log-probs ``"... k"``).
+SAMPLE_CALLBACK_KEYS: tuple[str, ...] = ("i", "steps", "t", "x", "x0_logits")
 
 
 @dataclass(frozen=True)
@@ -237,7 +389,8 @@ class Method(nn.Module, ABC):
     #: run-config overrides per preset name (``quick``/``default``/``paper``), nested dicts.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: training cost of one optimizer step in forward+backward passes over the batch (compute budgets and
-    #: the FLOPs column); a method with a second batched pass or a teacher forward declares more.
+    #: the FLOPs column); a method with a second batched pass or a teacher forward declares more (it may be a
+    #: property of the config).
     forwards_per_step: float = 1.0
     #: sampler knobs and the small grid ``compare --tune-sampling`` searches, ``{"guidance": [1.0, 1.5],
     #: "options.temperature": [...]}``: a key is ``guidance`` or ``options.<sampling option>``.
@@ -268,9 +421,19 @@ class Method(nn.Module, ABC):
         ``num_samples`` is only needed when ``labels`` is None (otherwise ``len(labels)``).
         """
 
-    def nfe(self, steps: int | None = None, guidance: float = 1.0) -> int:
-        """Network evaluations per sample for these settings (compute accounting)."""
+    def nfe(self, steps: int | None = None, guidance: float = 1.0, **options: Any) -> int:
+        """Network evaluations per sample of ``sample(..., steps=steps, guidance=guidance, **options)`` (compute
+        accounting; ``options`` are the sampling options, which may change the cost, e.g. a stride)."""
         return 0
+
+    # -- training hooks (the runner calls these; the defaults do nothing) ---------------------------
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter-name prefix (``{"embedding": 10.0}``): those parameters get
+        their own optimizer group at ``multiplier x lr``. Default: none."""
+        return {}
+
+    def on_step_end(self) -> None:
+        """Called after each optimizer step (method-owned state, e.g. an EMA teacher). Default: nothing."""
 
     def diagnostics(self) -> dict[str, float]:
         """Scalar diagnostics logged during training (e.g. embedding collapse)."""

@@ -236,7 +236,7 @@ def build_plan(cfg: Any, *, accelerator: str = "H100", devices: int = 1, utilisa
         nc = getattr(ds_cls, "num_classes", None)
         num_classes = 1000 if cfg.dataset.name == "imagenet" else (nc if isinstance(nc, int) else None)
     context = MethodContext(codebook_size=tok.codebook_size, token_grid=grid, num_classes=num_classes, tokenizer=tok,
-                            backbone={"preset": cfg.backbone.preset, **cfg.backbone.params})
+                            backbone={"preset": cfg.backbone.preset, **cfg.backbone.params}, registry=registry)
     try:
         with torch.device("meta"):
             method = spec.build(cfg.method.params, context=context)
@@ -255,7 +255,7 @@ def build_plan(cfg: Any, *, accelerator: str = "H100", devices: int = 1, utilisa
         else:
             inp = torch.empty(1, *grid, den.in_dim)
         f_den, a_den = measure(den, inp, torch.full((1,), 0.5))
-    fps = float(getattr(method, "forwards_per_step", 1.0))
+    fps = float(method.forwards_per_step)
     g = cfg.training
     per_sample = 3 * f_den * fps
     stages.append(Stage("generator training", per_sample * g.batch_size * g.steps,

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from dlbench.interfaces import KINDS, ComponentConfig, EmptyConfig
+from dlbench.interfaces import KINDS, ComponentConfig, ComponentRef, EmptyConfig, Slot, config_slots
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -41,6 +41,10 @@ class DuplicateComponentError(DlbenchError):
 
 class InterfaceError(DlbenchError, TypeError):
     pass
+
+
+class SlotError(DlbenchError, ValueError):
+    """A component that does not exist, does not fit its slot, or has bad params (one line)."""
 
 
 @dataclass(frozen=True)
@@ -174,3 +178,90 @@ class Registry:
 
 def _origin(factory: Any) -> str:
     return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Slots: {name, params} references checked against the registry
+# ---------------------------------------------------------------------------------------------
+
+
+def schedule_family(factory: Any) -> str | None:
+    """``continuous`` / ``discrete`` of a schedule class: its ``family``, else what it implements."""
+    family = getattr(factory, "family", None)
+    if family in ("continuous", "discrete"):
+        return family
+    if callable(getattr(factory, "coefficients", None)):
+        return "discrete"
+    if callable(getattr(factory, "logsnr", None)):
+        return "continuous"
+    return None
+
+
+def _fits(spec: ComponentSpec, slot: Slot) -> str | None:
+    """Why ``spec`` does not fit ``slot`` (None when it fits)."""
+    if slot.family is not None:
+        family = schedule_family(spec.factory)
+        if family != slot.family:
+            return f"it is a {family or 'unknown-family'} {spec.kind}; this slot takes a {slot.family} {spec.kind}"
+    if slot.stage is not None:
+        stage = getattr(spec.factory, "stage", None)
+        if stage != slot.stage:
+            return f"it is a {stage or 'stage-less'} {spec.kind}; this slot takes a {slot.stage}-stage {spec.kind}"
+    return None
+
+
+def resolve_ref(registry: Registry, ref: ComponentRef | str | dict, slot: Slot, *, where: str
+                ) -> tuple[ComponentSpec, BaseModel]:
+    """The spec and validated config of the component ``ref`` names, refused with a one-line
+    :class:`SlotError` when it is unknown (did-you-mean), does not fit ``slot`` or has bad params."""
+    ref = ref if isinstance(ref, ComponentRef) else ComponentRef.model_validate(ref)
+    try:
+        spec = registry.get(slot.kind, ref.name)
+    except UnknownComponentError as exc:
+        fitting = [s.name for s in registry.specs(slot.kind) if _fits(s, slot) is None]
+        close = difflib.get_close_matches(ref.name, fitting, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise SlotError(f"{where}: unknown {exc.kind} {ref.name!r}.{hint} Fitting: {', '.join(fitting) or '(none)'}") \
+            from None
+    why = _fits(spec, slot)
+    if why is not None:
+        fitting = [s.name for s in registry.specs(slot.kind) if _fits(s, slot) is None]
+        raise SlotError(f"{where}: {spec.canonical} does not fit here: {why} (one of: {', '.join(fitting) or '(none)'})")
+    try:
+        config = spec.make_config(ref.params)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
+        raise SlotError(f"{where}.params for {spec.canonical}: {msgs}") from None
+    resolve_slots(registry, config, where=f"{where}.params")
+    return spec, config
+
+
+def resolve_slots(registry: Registry, config: BaseModel, *, where: str) -> None:
+    """Check every slot of ``config`` (a component config) and write each ref back complete:
+    canonical name and the component's params with defaults filled in (round-trippable)."""
+    for name, (slot, many) in config_slots(type(config)).items():
+        value = getattr(config, name)
+        refs = list(value) if many else [value]
+        for i, r in enumerate(refs):
+            spec, cfg = resolve_ref(registry, r, slot, where=f"{where}.{name}" + (f".{i}" if many else ""))
+            r.name, r.params = spec.name, cfg.model_dump(mode="json")
+
+
+def build_ref(registry: Registry, ref: ComponentRef | str | dict, slot: Slot, *, where: str = "slot",
+              **context: Any) -> Any:
+    """Build the component ``ref`` names for ``slot`` as ``factory(config, **context)``."""
+    spec, config = resolve_ref(registry, ref, slot, where=where)
+    return spec.factory(config, **context)
+
+
+#: the slot of a run config's ``tokenizer.regularizers``
+TOKENIZER_REGULARIZERS = Slot("regularizer", stage="tokenizer")
+
+
+def attach_regularizers(registry: Registry, tokenizer: Any, refs: list[ComponentRef | str | dict], *,
+                        where: str = "tokenizer.regularizers") -> None:
+    """Build each tokenizer-stage regularizer of ``refs`` and attach it with
+    ``tokenizer.add_regularizer(name, weight, module)`` (weight: the component config's ``weight``, else 1)."""
+    for i, r in enumerate(refs):
+        spec, config = resolve_ref(registry, r, TOKENIZER_REGULARIZERS, where=f"{where}.{i}")
+        tokenizer.add_regularizer(spec.name, float(getattr(config, "weight", 1.0)), spec.factory(config))

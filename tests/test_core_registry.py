@@ -52,6 +52,9 @@ def test_interface_checked_at_registration():
     with pytest.raises(InterfaceError, match="missing alpha_sigma"):
         r.add("schedule", "duck", Duck)
     Duck.alpha_sigma = lambda self, t: (t, t)
+    with pytest.raises(InterfaceError, match="missing dlogsnr"):  # VQ-LCMD's ELBO weight needs lambda'(t)
+        r.add("schedule", "duck", Duck)
+    Duck.dlogsnr = lambda self, t: t
     r.add("schedule", "duck", Duck)
 
 

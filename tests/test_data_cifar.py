@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dlbench.data import DATASETS, DatasetNotFoundError, load_split_tensors
+from dlbench.data import DATASET_CLASSES, DatasetNotFoundError, load_split_tensors
 from dlbench.data.errors import DatasetFormatError
+
+DATASETS = {cls.name: cls for cls in DATASET_CLASSES}  # the built-in classes by registry name
 
 
 @pytest.fixture(autouse=True)

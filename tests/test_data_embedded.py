@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from dlbench.data import DATASETS, DEFAULT_DATASET, load_split_tensors
+from dlbench.data import DATASET_CLASSES, DEFAULT_DATASET, load_split_tensors
 from dlbench.data.embedded import DATA_FILE, EMBEDDED_DIR, read_arrays, read_meta
 from dlbench.data.formats import read_idx
+
+DATASETS = {cls.name: cls for cls in DATASET_CLASSES}  # the built-in classes by registry name
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 

@@ -13,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dlbench.data import DATASETS, CorruptImageError, DatasetNotFoundError, load_split_tensors
+from dlbench.data import DATASET_CLASSES, CorruptImageError, DatasetNotFoundError, load_split_tensors
 from dlbench.data.errors import DatasetFormatError
 from dlbench.data.lsun import close_lmdb
+
+DATASETS = {cls.name: cls for cls in DATASET_CLASSES}  # the built-in classes by registry name
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from dlbench.data import DATASETS, DatasetNotFoundError, load_split_tensors
+from dlbench.data import DATASET_CLASSES, DatasetNotFoundError, load_split_tensors
 from dlbench.data.errors import DatasetConfigError, DatasetFormatError
 from dlbench.data.formats import read_idx, write_idx
+
+DATASETS = {cls.name: cls for cls in DATASET_CLASSES}  # the built-in classes by registry name
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:

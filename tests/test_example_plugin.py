@@ -187,3 +187,91 @@ def test_pip_install_registers_entry_point(tmp_path, monkeypatch, fresh_example_
     assert "unigram" in manager.registry.names("method")
     # the installed copy, not the source tree, was imported
     assert Path(sys.modules["dlbench_example.plugin"].__file__).is_relative_to(site)
+
+
+# ---------------------------------------------------------------------------------------------
+# its components inside the built-in methods, selected by name on the command line only
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installed_example(tmp_path_factory):
+    """The example installed by pip into its own site directory (its entry point is how dlbench finds it)."""
+    tmp = tmp_path_factory.mktemp("example-site")
+    src = tmp / "src"
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    site = tmp / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "--target", str(site), str(src)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return site
+
+
+def _dlbench(site: Path, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    root = EXAMPLE.parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "250",
+           "PYTHONPATH": os.pathsep.join([str(site), str(root), str(root / "plugins")])}
+    return subprocess.run([sys.executable, "-m", "dlbench", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+#: the quick preset, cut further (a few steps, no evaluation): what is tested is which components run
+_SMALL = ["--preset", "quick", "--set", "tokenizer.training.steps=4", "--set", "training.steps=3",
+          "--set", "sampling.num_samples=4", "--set", "evaluation.enabled=false"]
+
+
+def _run_dir(out: Path, method: str) -> Path:
+    (run,) = out.glob(f"{method}/*/*")
+    return run
+
+
+def test_plugin_schedules_run_inside_the_builtin_methods_by_name(installed_example, tmp_path):
+    """Issue 17's done-when: VQ-LCMD with the plugin's continuous `power-logsnr` and VQ-Diffusion with its
+    discrete `cosine-mask` (and its tokenizer regularizer `code-balance`), chosen only by --set."""
+    import json
+
+    out = tmp_path / "runs"
+    proc = _dlbench(installed_example, "run", "vqlcmd", *_SMALL, "--set", "method.schedule=power-logsnr",
+                    "--set", "method.schedule.params.power=1.5", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = _run_dir(out, "vqlcmd")
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["method"]["params"]["schedule"] == {"name": "power-logsnr", "params": {"power": 1.5, "logsnr_max": 10.0}}
+    assert json.loads((run / "metrics.json").read_text())["status"] == "ok"
+    assert json.loads((run / "meta.json").read_text())["plugins"]["example"]["distribution"] == "dlbench-example"
+
+    proc = _dlbench(installed_example, "run", "vq-diffusion", *_SMALL, "--set", "method.schedule=cosine-mask",
+                    "--set", 'tokenizer.regularizers=["code-balance"]', "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = _run_dir(out, "vq-diffusion")
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["method"]["params"]["schedule"]["name"] == "cosine-mask"
+    assert cfg["tokenizer"]["regularizers"] == [{"name": "code-balance", "params": {"weight": 0.05, "temperature": 1.0}}]
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    (tok,) = [e for e in events if e["event"] == "tokenizer"]  # trained now or reused from the cache
+    folder = Path(tok["path"])
+    info = json.loads((folder / "info.json").read_text())
+    assert info["regularizers"] == cfg["tokenizer"]["regularizers"]
+    # the regularizer's own parameter (its learned logit scale) trained with the tokenizer and was saved with it
+    state = torch.load(folder / "tokenizer.pt", weights_only=True)
+    assert [k for k in state if k.endswith("log_scale")] == ["_regularizer_modules.0.log_scale"]
+    trained_steps = [e for e in events if e["event"] == "tokenizer_train"]
+    assert not trained_steps or all("code-balance" in e for e in trained_steps)  # its term is logged
+    assert json.loads((run / "metrics.json").read_text())["status"] == "ok"
+
+
+def test_a_discrete_schedule_in_vqlcmd_is_refused_before_training(installed_example, tmp_path):
+    out = tmp_path / "runs"
+    proc = _dlbench(installed_example, "run", "vqlcmd", *_SMALL, "--set", "method.schedule=cosine-mask",
+                    "--out", str(out))
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert lines == ["error: method.params.schedule: schedule/cosine-mask does not fit here: it is a discrete "
+                     "schedule; this slot takes a continuous schedule (one of: cosine, linear, power-logsnr, "
+                     "shifted-cosine)"], lines
+    assert not out.exists()  # nothing was trained or written

@@ -1,7 +1,7 @@
 """Image datasets (kind ``dataset``) and the helpers the runner uses to read them.
 
-``DATASETS`` maps registry names to classes; :mod:`dlbench.builtin` registers each with
-``register(name, cls)``. Every class is built as ``cls(config)`` and reads nothing until
+``DATASET_CLASSES`` lists the built-in classes; :mod:`dlbench.builtin` registers each with
+``register(cls.name, cls)`` (lookups by name go through the registry). Every class is built as ``cls(config)`` and reads nothing until
 ``split()`` / ``fingerprint()`` is called. See docs/datasets.md for the on-disk layouts.
 """
 
@@ -26,13 +26,12 @@ from dlbench.data.mnist import MNIST, FashionMNIST
 #: the default dataset: shipped inside the package, works offline with no setup
 DEFAULT_DATASET = "fashion-mnist-small"
 
-DATASETS: dict[str, type[LocalImageDataset]] = {
-    cls.name: cls
-    for cls in (FashionMNISTSmall, FashionMNIST, MNIST, CIFAR10, FFHQ, LsunChurch, LsunBedroom, ImageNet, ImageFolder)
-}
+DATASET_CLASSES: tuple[type[LocalImageDataset], ...] = (
+    FashionMNISTSmall, FashionMNIST, MNIST, CIFAR10, FFHQ, LsunChurch, LsunBedroom, ImageNet, ImageFolder,
+)
 
 __all__ = [
-    "DATASETS",
+    "DATASET_CLASSES",
     "DEFAULT_DATASET",
     "ENV_VAR",
     "CIFAR10",

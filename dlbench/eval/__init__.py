@@ -8,12 +8,6 @@ from dlbench.eval.extractors import InceptionFIDExtractor
 from dlbench.eval.domain import DomainClassifierExtractor
 from dlbench.eval.protocol import PRESETS, EvalProtocol, ProtocolError, resolve_protocol
 
-#: feature extractors for the core plugin to register (kind ``feature_extractor``)
-FEATURE_EXTRACTORS: dict[str, type] = {
-    "inception-v3-fid": InceptionFIDExtractor,
-    "domain-classifier": DomainClassifierExtractor,
-}
-
 
 def evaluate_samples(*args, **kwargs):  # noqa: D103 -- lazy: keeps `import dlbench.eval` light
     from dlbench.eval.api import evaluate_samples as f
@@ -32,5 +26,5 @@ evaluate_tokenizer.__doc__ = "See :func:`dlbench.eval.api.evaluate_tokenizer`."
 
 __all__ = [
     "EvalProtocol", "PRESETS", "ProtocolError", "resolve_protocol", "collapse_diagnostics",
-    "FEATURE_EXTRACTORS", "evaluate_samples", "evaluate_tokenizer",
+    "DomainClassifierExtractor", "InceptionFIDExtractor", "evaluate_samples", "evaluate_tokenizer",
 ]

@@ -23,10 +23,7 @@ __all__ = [
 from dlbench.nn.vqgan import VQGAN, VQGANConfig  # noqa: E402
 from dlbench.nn.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 
-#: tokenizers shipped with the core, registered by dlbench.builtin as ``tokenizer/<name>``
-TOKENIZERS = {"vqvae": VQVAE, "vqgan": VQGAN}
-
-__all__ += ["VQGAN", "VQGANConfig", "VQVAE", "VQVAEConfig", "TOKENIZERS"]
+__all__ += ["VQGAN", "VQGANConfig", "VQVAE", "VQVAEConfig"]
 
 from dlbench.nn.ema import EMA, ema_decay_at  # noqa: E402
 

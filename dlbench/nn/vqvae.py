@@ -13,11 +13,13 @@ Optional dead-code restart: every ``restart_every`` training steps, codes used f
 current batch (as in Jukebox / vector-quantize-pytorch ``kmeans``-free restarts).
 
 Regularizers (METHODS.md C: prior KL, stochastic mask, PCL; D: VF alignment) attach through
-``self.regularizers``: a list of ``(name, weight, module)``; each module is called with the keyword
-tensors ``logits, distances "b h w k"``, ``z_e, z_q "b h w d"``, ``codes "b h w"``, ``images, recon
-"b c H W"``, ``rec_loss`` (the scalar reconstruction loss, with its graph) and ``encoder_last_layer`` (the
-weight of the encoder conv that outputs ``z_e``; VF alignment's adaptive weight takes gradients there) and
-returns a scalar, added as ``weight * value`` and logged under ``name``.
+:meth:`VQVAE.add_regularizer` (the runner adds those of ``tokenizer.regularizers``): a list of
+``(name, weight, module)``. In training, each module's ``perturb`` may replace the decoder input (the
+stochastic mask), then each is called with the keyword tensors listed on
+:class:`dlbench.interfaces.Regularizer` (``logits = code_logits(z_e)``, here ``-distances``; also
+``rec_loss``, the scalar reconstruction loss with its graph, and ``encoder_last_layer``, the weight of the
+conv that outputs ``z_e``, where VF alignment's adaptive weight takes gradients) and returns a
+scalar, added as ``weight * value`` and logged under ``name``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from einops import rearrange
 from pydantic import Field
 from torch import nn
 
-from dlbench.interfaces import ComponentConfig, Tokenizer
+from dlbench.interfaces import ComponentConfig, Regularizer, Tokenizer
 from dlbench.registry import DlbenchError
 
 
@@ -263,26 +265,58 @@ class VQVAE(Tokenizer):
         self.usage.zero_()
         return int(dead.sum())
 
+    def code_logits(self, z_e: torch.Tensor) -> torch.Tensor:
+        """Per-position logits over the codes, ``"b h w d" -> "b h w k"``: ``-||z_e - e_k||^2`` (argmax = the
+        nearest code). What regularizers read as ``logits`` and what the stochastic mask samples from."""
+        return -code_distances(z_e, self.embedding)
+
+    def perturb_decoder_input(self, logits: torch.Tensor, z_q: torch.Tensor, codes: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training only: let each regularizer's ``perturb`` replace the decoder input in turn.
+        Returns ``(z_q, codes fed to the decoder, mask "b h w" of changed positions)``."""
+        mask = torch.zeros_like(codes, dtype=torch.bool)
+        if not self.training:
+            return z_q, codes, mask
+        for _, _, module in self.regularizers:
+            if not isinstance(module, Regularizer):
+                continue  # a plain loss module (structural interface) has no perturb step
+            out = module.perturb(logits=logits, z_q=z_q, codes=codes, codebook=self.embedding,
+                                 step=int(self.train_steps))
+            if out is not None:
+                z_q, codes, mask = out["z_q"], out["codes"], mask | out["mask"]
+        return z_q, codes, mask
+
+    def regularizer_terms(self, tensors: dict) -> dict[str, torch.Tensor]:
+        """``{name: value}`` of every attached regularizer on the keyword tensors (unweighted)."""
+        return {name: module(**tensors) for name, _, module in self.regularizers}
+
     # -- training objective --------------------------------------------------------------------
     def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``recon + codebook + beta * commit + sum_r weight_r * reg_r``; terms logged separately."""
         z_e = rearrange(self.encoder(images), "b d h w -> b h w d")
         q = self.quantize(z_e)
-        recon = self.decoder(rearrange(q.z_q, "b h w d -> b d h w"))
+        logits = -q.distances
+        z_q, fed, mask = self.perturb_decoder_input(logits, q.z_q, q.codes)
+        recon = self.decoder(rearrange(z_q, "b h w d -> b d h w"))
         if self.config.recon_loss == "l1":
             rec = (recon - images).abs().mean()
         else:
             rec = F.mse_loss(recon, images)
         terms: dict[str, torch.Tensor] = {"recon": rec, **q.loss_terms}
         loss = rec + self.config.beta * q.loss_terms["commit"] + q.loss_terms.get("codebook", 0.0)
-        tensors = dict(
-            logits=-q.distances, distances=q.distances, z_e=z_e, z_q=q.z_q, codes=q.codes, images=images, recon=recon,
-            rec_loss=rec, encoder_last_layer=self.encoder[-1].weight,
-        )
-        for name, weight, module in self.regularizers:
-            value = module(**tensors)
-            terms[name] = value
-            loss = loss + weight * value
+        if self.regularizers:
+            z_best = F.embedding(q.codes, self.embedding)
+            tensors = dict(
+                logits=logits, probs=logits.float().softmax(-1), distances=q.distances, z_e=z_e, z_q=z_q,
+                codes=q.codes, z_best=z_best, z_sampled=F.embedding(fed, self.embedding), images=images,
+                recon=recon, encoder=self.encoder, step=int(self.train_steps), rec_loss=rec,
+                encoder_last_layer=self.encoder[-1].weight,
+            )
+            weights = {name: weight for name, weight, _ in self.regularizers}
+            for name, value in self.regularizer_terms(tensors).items():
+                terms[name] = value
+                loss = loss + weights[name] * value
+            terms["perturbed_frac"] = mask.float().mean()
         if self.training:
             restarted = self._restart_dead_codes(z_e.detach(), q.codes)
             terms["restarted_codes"] = torch.tensor(float(restarted))

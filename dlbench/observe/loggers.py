@@ -198,7 +198,6 @@ class TensorBoardLogger(RunLogger):
         self.writer.close()
 
 
-LOGGERS: dict[str, type] = {"jsonl": JsonlLogger, "tensorboard": TensorBoardLogger}
 
 
 # ---------------------------------------------------------------------------------------------

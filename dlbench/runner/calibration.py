@@ -182,7 +182,7 @@ def _compute_anchor_record(
 def flops_per_image(method: Method, grid: tuple[int, int]) -> float:
     """Training FLOPs per image: ``6 * params * positions * forwards_per_step`` (the FLOPs column's rule)."""
     params = sum(p.numel() for p in method.parameters() if p.requires_grad)
-    return 6.0 * params * grid[0] * grid[1] * float(getattr(method, "forwards_per_step", 1.0))
+    return 6.0 * params * grid[0] * grid[1] * float(method.forwards_per_step)
 
 
 def effective_training(training: Any, method: Method, grid: tuple[int, int]) -> tuple[Any, dict[str, Any] | None]:

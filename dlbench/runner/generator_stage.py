@@ -35,7 +35,7 @@ def build_method(cfg: RunConfig, registry: Registry, tokenizer: Tokenizer, datas
         raise PipelineError(f"method {cfg.method.name!r} needs class labels; dataset {cfg.dataset.name!r} has none")
     context = MethodContext(
         codebook_size=tokenizer.codebook_size, token_grid=grid, num_classes=num_classes, tokenizer=tokenizer,
-        backbone={"preset": cfg.backbone.preset, **cfg.backbone.params},
+        backbone={"preset": cfg.backbone.preset, **cfg.backbone.params}, registry=registry,
     )
     torch.manual_seed(cfg.seed)  # method init is a function of the run seed
     method = spec.build(cfg.method.params, context=context)
@@ -57,8 +57,7 @@ def compile_denoisers(method: nn.Module) -> int:
 
 def method_labels(method: Method, labels: torch.Tensor) -> torch.Tensor | None:
     """Labels a method trains on: None for unconditional methods/datasets, else the dataset labels."""
-    requires = getattr(type(method), "requires", None)
-    if getattr(requires, "conditioning", "optional") == "none" or labels is None or (labels < 0).all():
+    if type(method).requires.conditioning == "none" or labels is None or (labels < 0).all():
         return None
     return labels
 
@@ -85,10 +84,8 @@ def train_generator(cfg: RunConfig, method: Method, tensors: tuple[Any, ...], tr
 
 def nfe(method: Method, sampling: SamplingConfig) -> int:
     """Network evaluations per sample under the run's sampler settings."""
-    try:  # some samplers' cost depends on their options (e.g. VQ-Diffusion's stride)
-        return int(method.nfe(sampling.steps, sampling.guidance, **sampling.options))
-    except TypeError:
-        return int(method.nfe(sampling.steps, sampling.guidance))
+    # the options are part of the signature: some samplers' cost depends on them (e.g. VQ-Diffusion's stride)
+    return int(method.nfe(sampling.steps, sampling.guidance, **sampling.options))
 
 
 def compute_record(method: Method, result: Any, grid: tuple[int, int], sampling: SamplingConfig,
@@ -98,7 +95,7 @@ def compute_record(method: Method, result: Any, grid: tuple[int, int], sampling:
     (``forwards_per_step``, e.g. 2 when a teacher is evaluated as well); it ignores attention."""
     params = sum(p.numel() for p in method.parameters() if p.requires_grad)
     positions = grid[0] * grid[1]
-    forwards = float(getattr(method, "forwards_per_step", 1.0))
+    forwards = float(method.forwards_per_step)
     tokens_seen = result.images_seen * positions
     return {
         "params": params,

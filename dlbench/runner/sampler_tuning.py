@@ -42,10 +42,7 @@ def grid_points(grid: dict[str, list[Any]], conditional: bool) -> list[dict[str,
 
 
 def _nfe(method: Any, steps: int | None, guidance: float, options: dict[str, Any]) -> int:
-    try:
-        return int(method.nfe(steps, guidance, **options))
-    except TypeError:
-        return int(method.nfe(steps, guidance))
+    return int(method.nfe(steps, guidance, **options))  # one signature (dlbench.interfaces.Method.nfe)
 
 
 def at_equal_nfe(method: Any, point: dict[str, Any], base_steps: int | None, target: int) -> int | None | bool:
@@ -76,7 +73,7 @@ def tune_run(run_path: Any, registry: Any, *, samples: int = 256, log: Callable[
 
     rd = RunDir.open(run_path)
     method, tokenizer, cfg, dataset, ctx = load_trained_method(rd, registry)
-    grid = dict(getattr(type(method), "sampler_grid", {}) or {})
+    grid = dict(type(method).sampler_grid)
     s = cfg.sampling
     conditional = method_labels(method, torch.zeros(1, dtype=torch.long)) is not None and bool(dataset.num_classes)
     ident = hashlib.sha256(json.dumps({"v": TUNING_VERSION, "grid": grid, "samples": samples, "objective": OBJECTIVE,

@@ -35,17 +35,23 @@ def sample_tokens(
     method.eval()
     mine = shard_indices(n, ctx.rank, ctx.world_size)
     out = []
+    seen: dict[str, int] = {}
+
+    def on_step(info: dict[str, Any]) -> None:  # dlbench.interfaces.SAMPLE_CALLBACK_KEYS, both families
+        seen["steps"], seen["of"] = int(info["i"]) + 1, int(info["steps"])
+
     with task("sample", len(mine), "images", info=f"{steps or 'default'} steps, guidance {guidance}") as bar:
         for start in range(0, len(mine), batch_size):
             idx = mine[start : start + batch_size]
             lab = labels[idx].to(ctx.device) if labels is not None else None
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 toks = method.sample(lab, sample_seeds(seed, idx).to(ctx.device), num_samples=len(idx),
-                                     steps=steps, guidance=guidance, **options)
+                                     steps=steps, guidance=guidance, callback=on_step, **options)
             out.append(toks.cpu())
             bar.update(start + len(idx))
-            if events is not None:
-                events("sampling", done=int(start + len(idx)), of=len(mine), rank=ctx.rank)
+            if events is not None:  # sampler_steps: steps the sampler reported for this batch (None: no callback)
+                events("sampling", done=int(start + len(idx)), of=len(mine), rank=ctx.rank,
+                       sampler_steps=seen.get("steps"))
     if out:
         mine_tokens = torch.cat(out)
     else:  # an idle rank still takes part in the gather

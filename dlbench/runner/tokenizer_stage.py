@@ -36,7 +36,7 @@ def tokenizer_key(cfg: RunConfig, dataset: ImageDataset) -> str:
 
 def tokenizer_key_inputs(cfg: RunConfig, dataset: ImageDataset) -> dict[str, Any]:
     """What :func:`tokenizer_key` hashes (recorded next to shipped tokenizers)."""
-    return {
+    inputs = {
         "version": TOKENIZER_CACHE_VERSION,
         "dataset": cfg.dataset.name,
         "train_fingerprint": dataset.fingerprint("train"),
@@ -47,12 +47,21 @@ def tokenizer_key_inputs(cfg: RunConfig, dataset: ImageDataset) -> dict[str, Any
         "training": cfg.tokenizer.training.model_dump(mode="json"),
         "seed": cfg.tokenizer.seed,
     }
+    regularizers = [r.model_dump(mode="json") for r in cfg.tokenizer.regularizers]
+    if regularizers:  # only when set: keys of tokenizers without regularizers (and shipped copies) stay valid
+        inputs["regularizers"] = regularizers
+    return inputs
 
 
 def build_tokenizer(cfg: RunConfig, registry: Registry, dataset: ImageDataset) -> Tokenizer:
-    """The config's tokenizer, untrained, shaped for ``dataset``."""
+    """The config's tokenizer, untrained, shaped for ``dataset``, with the config's tokenizer-stage regularizers
+    (``tokenizer.regularizers``) attached."""
+    from dlbench.registry import attach_regularizers
+
     spec = registry.get("tokenizer", cfg.tokenizer.name)
-    return spec.build(cfg.tokenizer.params, channels=dataset.channels, resolution=dataset.resolution)
+    tokenizer = spec.build(cfg.tokenizer.params, channels=dataset.channels, resolution=dataset.resolution)
+    attach_regularizers(registry, tokenizer, list(cfg.tokenizer.regularizers))
+    return tokenizer
 
 
 def _store(tokenizer: Tokenizer, folder: Path, info: dict[str, Any], ctx: DistContext) -> None:
@@ -90,17 +99,15 @@ def get_tokenizer(
     if weights.is_file():
         tokenizer.load_state_dict(torch_load(weights, what="cached tokenizer weights"))
         info = read_json(folder / "info.json", {}) or {}
-    elif getattr(tokenizer, "pretrained", False):  # imported weights (e.g. tokenizer/vqgan checkpoint=...)
+    elif tokenizer.pretrained:  # imported weights (e.g. tokenizer/vqgan checkpoint=...)
         info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
-                "imported": getattr(tokenizer, "imported", None), "training": None}
+                "imported": tokenizer.imported, "training": None}
         _store(tokenizer, folder, info, ctx)
         action = "imported"
     else:
         if not train_if_missing:
             raise PipelineError(f"tokenizer {key} is not in the cache ({folder}); re-run `dlbench run` to train it")
-        prepare = getattr(tokenizer, "prepare_training", None)
-        if callable(prepare):  # fail before loading data, e.g. VQGAN's LPIPS weights are missing
-            prepare()
+        tokenizer.prepare_training()  # fail before loading data, e.g. VQGAN's LPIPS weights are missing
         images, _ = load_split_tensors(dataset, "train")
         tcfg = cfg.tokenizer.training
         result = train(
@@ -117,6 +124,7 @@ def get_tokenizer(
         finish = getattr(tokenizer, "finish_training", None)  # optional: e.g. kl-vae's latent statistics
         finished = finish(images) if callable(finish) else None
         info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
+                "regularizers": [r.model_dump(mode="json") for r in cfg.tokenizer.regularizers],
                 "training": result.record(), "dataset": cfg.dataset.name,
                 "train_fingerprint": dataset.fingerprint("train"),
                 **({"finish_training": finished} if finished is not None else {})}

@@ -27,7 +27,6 @@ from dlbench.interfaces import ComponentConfig, ContinuousSchedule
 from dlbench.registry import DlbenchError
 
 __all__ = [
-    "CONTINUOUS_SCHEDULES",
     "CosineSchedule",
     "LinearLogSNRSchedule",
     "ScheduleConfigError",
@@ -174,9 +173,3 @@ class LinearLogSNRSchedule(_Clipped):
         c = self.config
         return torch.full_like(t, c.logsnr_min - c.logsnr_max)
 
-
-CONTINUOUS_SCHEDULES: dict[str, type[ContinuousSchedule]] = {
-    "cosine": CosineSchedule,
-    "shifted-cosine": ShiftedCosineSchedule,
-    "linear": LinearLogSNRSchedule,
-}

@@ -144,10 +144,3 @@ class MaskAndReplaceSchedule(_LinearCumulativeSchedule):
     """
 
     Config: ClassVar[type[ComponentConfig]] = MaskAndReplaceConfig
-
-
-#: name -> class; registered as core schedules by :mod:`dlbench.builtin`.
-DISCRETE_SCHEDULES: dict[str, type[DiscreteSchedule]] = {
-    "vqdiffusion-alpha1": VQDiffusionAlpha1Schedule,
-    "mask-and-replace": MaskAndReplaceSchedule,
-}

@@ -19,10 +19,12 @@ from pydantic import BaseModel, ValidationError
 from dlbench.interfaces import (
     ContinuousSchedule,
     DiscreteSchedule,
+    SAMPLE_CALLBACK_KEYS,
     MethodContext,
 )
 
 __all__ = [
+    "check_method_protocol",
     "check_config_roundtrip",
     "check_continuous_schedule",
     "check_discrete_schedule",
@@ -92,6 +94,17 @@ def check_continuous_schedule(schedule: ContinuousSchedule, n: int = 257) -> Non
         _fail("alpha^2 + sigma^2 != 1 (the schedule must be variance preserving)")
     if not torch.allclose(a**2, torch.sigmoid(lam.double()), atol=1e-5):
         _fail("alpha_sigma(t) disagrees with logsnr(t): need alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda)")
+    # dlogsnr: central differences on the interior (a clipped family may have kinks at its clip points)
+    ti = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    h = 1e-6
+    fd = (schedule.logsnr(ti + h).double() - schedule.logsnr(ti - h).double()) / (2 * h)
+    d = schedule.dlogsnr(ti)
+    if d.shape != ti.shape:
+        _fail(f"dlogsnr(t) shape {tuple(d.shape)} != t shape {tuple(ti.shape)}")
+    if not torch.allclose(d.double(), fd, rtol=1e-3, atol=1e-3):
+        bad = int((d.double() - fd).abs().argmax())
+        _fail(f"dlogsnr(t) is not d logsnr / dt: at t={float(ti[bad]):.2f} got {float(d[bad]):.4g}, "
+              f"finite differences {float(fd[bad]):.4g}")
 
 
 def check_discrete_schedule(schedule: DiscreteSchedule, num_steps: int = 10, num_classes: int = 5) -> None:
@@ -177,7 +190,43 @@ def check_method(
               "(dlbench.seeding.PerSampleRNG), never from the global RNG")
     if not torch.equal(a, c):
         _fail("sample() depends on batch composition: use per-sample RNG streams (dlbench.seeding)")
+    check_method_protocol(m, context=context, sample_kwargs=kw)
     return m
+
+
+def check_method_protocol(m: Any, *, context: MethodContext, sample_kwargs: dict[str, Any]) -> None:
+    """The rest of the :class:`~dlbench.interfaces.Method` protocol the runner calls: ``nfe(steps, guidance,
+    **options)`` (one signature) a non-negative int, ``forwards_per_step`` >= 1, ``lr_scales()`` a dict of
+    parameter-name prefixes to positive multipliers, ``on_step_end()`` callable, and a sampler ``callback``
+    that (if called) gets exactly :data:`~dlbench.interfaces.SAMPLE_CALLBACK_KEYS`."""
+    kw = dict(sample_kwargs)
+    steps, guidance = kw.pop("steps", None), kw.pop("guidance", 1.0)
+    try:
+        nfe = m.nfe(steps, guidance, **kw)
+    except TypeError as exc:
+        _fail(f"nfe must take (steps, guidance, **options) like sample(): {exc}")
+    if not isinstance(nfe, int) or nfe < 0:
+        _fail(f"nfe(...) must be a non-negative int, got {nfe!r}")
+    fps = m.forwards_per_step
+    if not isinstance(fps, (int, float)) or not fps >= 1:
+        _fail(f"forwards_per_step must be a number >= 1 (forward+backward passes per step), got {fps!r}")
+    scales = m.lr_scales()
+    names = [n for n, _ in m.named_parameters()]
+    for prefix, value in dict(scales).items():
+        if not (isinstance(value, (int, float)) and value > 0):
+            _fail(f"lr_scales()[{prefix!r}] must be a positive multiplier, got {value!r}")
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            _fail(f"lr_scales() prefix {prefix!r} matches no parameter name")
+    m.on_step_end()
+    calls: list[dict[str, Any]] = []
+    seeds = torch.arange(2, dtype=torch.long) + 7
+    lab = torch.arange(2) % context.num_classes if context.num_classes else None
+    with torch.no_grad():
+        m.sample(lab, seeds, num_samples=2, steps=steps, guidance=guidance, callback=calls.append, **kw)
+    for info in calls:
+        if set(info) != set(SAMPLE_CALLBACK_KEYS):
+            _fail(f"sampler callback keys {sorted(info)} != dlbench.interfaces.SAMPLE_CALLBACK_KEYS "
+                  f"{sorted(SAMPLE_CALLBACK_KEYS)}")
 
 
 def check_tokenizer(tokenizer: Any, *, channels: int = 1, resolution: int = 32, batch: int = 2) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from dlbench.interfaces import Method
 from dlbench.nn.ema import EMA, ema_decay_at
 from dlbench.registry import DlbenchError
 from dlbench.seeding import derive_seed, splitmix64
@@ -142,11 +143,11 @@ class _LossModule(nn.Module):
 def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
     """AdamW; weight decay only on matrices (not biases, norms, 1-D embeddings of scalars).
 
-    A model may define ``lr_scales() -> {parameter-name prefix: multiplier}`` (e.g. VQ-LCMD's embedding
-    table at 10x the network's rate): those parameters get their own group whose ``lr_scale`` the loop
-    multiplies into the (warmed-up) learning rate. Without it the groups are exactly [decay, no decay]."""
-    scales_fn = getattr(model, "lr_scales", None)
-    scales = dict(scales_fn()) if callable(scales_fn) else {}
+    A :class:`~dlbench.interfaces.Method` declares ``lr_scales() -> {parameter-name prefix: multiplier}`` (e.g.
+    VQ-LCMD's embedding table at 10x the network's rate): those parameters get their own group whose
+    ``lr_scale`` the loop multiplies into the (warmed-up) learning rate. Without scales (any other model, or
+    the default ``{}``) the groups are exactly [decay, no decay]."""
+    scales = dict(model.lr_scales()) if isinstance(model, Method) else {}
 
     def scale_of(name: str) -> float:
         return next((float(v) for k, v in scales.items() if name == k or name.startswith(k + ".")), 1.0)
@@ -301,9 +302,8 @@ def train(
                 emit("failure", stage=stage, step=step, reason=reason_text)
                 raise TrainingDiverged(step, reason_text, last_good)
             optimizer.step()
-            hook = getattr(model, "on_step_end", None)
-            if callable(hook):  # method-owned state after each update (e.g. VQ-LCMD's EMA teacher)
-                hook()
+            if isinstance(model, Method):  # method-owned state after each update (e.g. VQ-LCMD's EMA teacher)
+                model.on_step_end()
             if ema is not None:
                 ema.update(model, ema_decay_at(config.ema_decay, step))
             step += 1

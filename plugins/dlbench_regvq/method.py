@@ -14,28 +14,32 @@ from dlbench.registry import DlbenchError
 
 __all__ = ["REGVQ_PRESET_OVERRIDES", "vqdiffusion_method_class", "make_regvq_method"]
 
-#: what ``method/regvq`` changes in VQ-Diffusion's presets: the tokenizer (and its size per preset)
+_PRIOR, _MASK = {"name": "prior-kl"}, {"name": "stochastic-mask"}
+
+#: what ``method/regvq`` changes in VQ-Diffusion's presets: the tokenizer, its size per preset and its
+#: regularizers (full Reg-VQ, :data:`dlbench_regvq.tokenizer.ABLATION_ROWS` ``"regvq"``)
 REGVQ_PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     "quick": {
         "tokenizer": {
             "name": "regvq",
-            "params": {"codebook_size": 64, "code_dim": 16, "channels": 32, "contrastive": {"num_patches": 16}},
+            "params": {"codebook_size": 64, "code_dim": 16, "channels": 32},
+            "regularizers": [_PRIOR, _MASK, {"name": "probabilistic-contrastive", "params": {"num_patches": 16}}],
         }
     },
     "default": {
         "tokenizer": {
             "name": "regvq",
-            "params": {"codebook_size": 256, "code_dim": 32, "tau_anneal_steps": 3000},
+            "regularizers": [_PRIOR, {**_MASK, "params": {"tau_anneal_steps": 3000}},
+                             {"name": "probabilistic-contrastive"}],
         }
     },
     # METHODS.md C.5: N = 1024, d = 256 (VQGAN default, unverified), 256 px, f16
     "paper": {
         "tokenizer": {
             "name": "regvq",
-            "params": {
-                "codebook_size": 1024, "code_dim": 256, "downsample": 16, "channels": 128, "res_blocks": 2,
-                "contrastive": {"num_patches": 256, "extractor_params": {"resize": 256}},
-            },
+            "params": {"codebook_size": 1024, "code_dim": 256, "downsample": 16, "channels": 128, "res_blocks": 2},
+            "regularizers": [_PRIOR, _MASK, {"name": "probabilistic-contrastive",
+                                             "params": {"num_patches": 256, "extractor_params": {"resize": 256}}}],
         }
     },
 }
@@ -46,18 +50,13 @@ class VQDiffusionUnavailable(DlbenchError):
 
 
 def vqdiffusion_method_class() -> type:
-    """The class ``dlbench_vqdiffusion`` registers as ``method/vq-diffusion`` (read from its hook)."""
+    """``dlbench_vqdiffusion``'s public method class (the Python package this plugin builds on; its
+    components still come from the registry at config time, like any method's)."""
     try:
-        from dlbench_vqdiffusion import plugin as vqd
+        from dlbench_vqdiffusion.method import VQDiffusion
     except ImportError as exc:
         raise VQDiffusionUnavailable(f"method/regvq needs the dlbench_vqdiffusion plugin: {exc}") from exc
-    found: dict[str, Any] = {}
-    vqd.register_methods(register=lambda name, factory, **_: found.setdefault(name, factory))
-    if "vq-diffusion" not in found:
-        raise VQDiffusionUnavailable(
-            f"dlbench_vqdiffusion registers no 'vq-diffusion' method (found: {sorted(found)})"
-        )
-    return found["vq-diffusion"]
+    return VQDiffusion
 
 
 def make_regvq_method(base: type | None = None) -> type:

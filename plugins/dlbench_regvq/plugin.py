@@ -1,6 +1,7 @@
 """dlbench hooks of the Reg-VQ plugin (entry point ``regvq = "dlbench_regvq.plugin"``).
 
-Registers ``tokenizer/regvq`` and its ablation variants, ``regularizer/prior-kl``,
+Registers ``tokenizer/regvq`` (its ablation rows are ``tokenizer.regularizers`` configs,
+:data:`dlbench_regvq.tokenizer.ABLATION_ROWS`), ``regularizer/prior-kl``,
 ``regularizer/stochastic-mask``, ``regularizer/probabilistic-contrastive``,
 ``feature_extractor/inception-early`` and ``method/regvq``.
 """
@@ -11,32 +12,30 @@ import warnings
 
 from dlbench import hookimpl
 
-from .features import InceptionEarly
-from .regularizers import REGULARIZERS
-
-#: feature extractors of this plugin (name -> class)
-FEATURE_EXTRACTORS = {"inception-early": InceptionEarly}
 
 
 @hookimpl
 def register_tokenizers(register):
-    from .tokenizer import ABLATIONS, VARIANT_CONFIGS, RegVQTokenizer
+    from .tokenizer import RegVQTokenizer
 
-    register("regvq", RegVQTokenizer, description="Regularized VQ (Reg-VQ, CVPR 2023): prior KL + stochastic mask + PCL")
-    for name, config in VARIANT_CONFIGS.items():
-        register(name, RegVQTokenizer, config=config, description=ABLATIONS[name][1])
+    register("regvq", RegVQTokenizer, description="Reg-VQ (CVPR 2023) quantizer; its regularizers come from "
+             "tokenizer.regularizers (prior-kl, stochastic-mask, probabilistic-contrastive)")
 
 
 @hookimpl
 def register_regularizers(register):
-    for name, cls in REGULARIZERS.items():
-        register(name, cls)
+    from .regularizers import PriorKL, ProbabilisticContrastive, StochasticMask
+
+    register("prior-kl", PriorKL)
+    register("stochastic-mask", StochasticMask)
+    register("probabilistic-contrastive", ProbabilisticContrastive)
 
 
 @hookimpl
 def register_feature_extractors(register):
-    for name, cls in FEATURE_EXTRACTORS.items():
-        register(name, cls)
+    from .features import InceptionEarly
+
+    register("inception-early", InceptionEarly)
 
 
 @hookimpl

@@ -1,13 +1,15 @@
 """The Reg-VQ regularizers as registered components (kind ``regularizer``, stage ``tokenizer``).
 
 - ``prior-kl`` (:class:`PriorKL`, METHODS.md C.2): reads ``probs`` or ``logits "b h w k"``.
-- ``stochastic-mask`` (:class:`StochasticMask`, C.3): acts on the reconstruction path (``sample_mask``
-  + ``mix``); it adds no loss term of its own (``forward`` returns 0).
+- ``stochastic-mask`` (:class:`StochasticMask`, C.3): acts on the reconstruction path through ``perturb``
+  (Bernoulli(ratio) positions feed the decoder a Gumbel-softmax sample of the tokenizer's code logits); it
+  adds no loss term of its own (``forward`` returns 0).
 - ``probabilistic-contrastive`` (:class:`ProbabilisticContrastive`, C.4): reads ``images``, ``recon``
   ``"b c H W"``, for the probabilistic weights ``z_sampled``, ``z_best`` ``"b h w d"``, and ``encoder``
   (the tokenizer's encoder module: the fallback feature network).
 
-``prior-kl`` also works on ``tokenizer/vqvae`` (its hook passes ``logits = -distances``).
+All three attach to any tokenizer with ``add_regularizer`` (``tokenizer/vqvae``: ``logits = -distances``;
+``tokenizer/regvq``: its adaptive distance logits) through ``tokenizer.regularizers`` of a run config.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ from .losses import (
     prior_kl,
     sample_patch_locations,
 )
-from .quantize import bernoulli_mask, mix_by_mask
+from .quantize import bernoulli_mask, gumbel_softmax_st, gumbel_temperature, mix_by_mask
 
 __all__ = [
     "PriorKLConfig", "PriorKL", "StochasticMaskConfig", "StochasticMask",
-    "ContrastiveConfig", "ProbabilisticContrastive", "REGULARIZERS",
+    "ContrastiveConfig", "ProbabilisticContrastive",
 ]
 
 
@@ -72,9 +74,14 @@ class PriorKL(Regularizer):
 
 
 class StochasticMaskConfig(ComponentConfig):
-    """``ratio``: probability that a position feeds the decoder its Gumbel-sampled code (paper best: 0.4)."""
+    """``ratio``: probability that a position feeds the decoder its Gumbel-sampled code (paper best: 0.4).
+    ``tau_*``: Gumbel-softmax temperature, annealed geometrically from ``tau_start`` to ``tau_end`` over
+    ``tau_anneal_steps`` tokenizer steps (0: fixed ``tau_start``)."""
 
     ratio: float = Field(0.4, ge=0, le=1)
+    tau_start: float = Field(1.0, gt=0)
+    tau_end: float = Field(1.0 / 16, gt=0)
+    tau_anneal_steps: int = Field(0, ge=0)
 
 
 class StochasticMask(Regularizer):
@@ -94,6 +101,21 @@ class StochasticMask(Regularizer):
     @staticmethod
     def mix(deterministic: torch.Tensor, stochastic: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return mix_by_mask(deterministic, stochastic, mask)
+
+    def temperature(self, step: int) -> float:
+        c = self.config
+        return gumbel_temperature(step, c.tau_start, c.tau_end, c.tau_anneal_steps)
+
+    def perturb(self, *, logits: torch.Tensor, z_q: torch.Tensor, codes: torch.Tensor, codebook: torch.Tensor,
+                step: int) -> dict[str, torch.Tensor] | None:
+        """C.3: ``z_q' = z_q (1 - M) + onehot_gumbel(logits) E M`` with ``M ~ Bernoulli(ratio)`` per position;
+        ``logits "b h w k"``, ``z_q "b h w d"``, ``codes "b h w"``, ``codebook "k d"``."""
+        if self.config.ratio <= 0:
+            return None
+        onehot, sampled = gumbel_softmax_st(logits.float(), self.temperature(step))
+        z_sto = torch.einsum("bhwk,kd->bhwd", onehot, codebook.float()).to(z_q.dtype)
+        mask = self.sample_mask(tuple(codes.shape), device=codes.device)
+        return {"z_q": self.mix(z_q, z_sto, mask), "codes": torch.where(mask, sampled, codes), "mask": mask}
 
     def forward(self, **tensors: Any) -> torch.Tensor:
         # the regularization is the perturbed reconstruction path itself; no extra loss term
@@ -120,10 +142,7 @@ class ContrastiveConfig(ComponentConfig):
 
 
 def _build_extractor(name: str, params: dict[str, Any]):
-    if name == "inception-early":
-        from .features import InceptionEarly
-
-        return InceptionEarly(InceptionEarly.Config.model_validate(params))
+    """The feature extractor ``name`` from the registry (this plugin's ``inception-early`` is no special case)."""
     from dlbench.plugins import get_registry
 
     ext = get_registry().get("feature_extractor", name).build(params)
@@ -202,10 +221,3 @@ class ProbabilisticContrastive(Regularizer):
                 w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
             total = total + patch_nce(q, k, tau=self.config.tau, weights=w, form=self.config.form)
         return total / len(fake)
-
-
-REGULARIZERS = {
-    "prior-kl": PriorKL,
-    "stochastic-mask": StochasticMask,
-    "probabilistic-contrastive": ProbabilisticContrastive,
-}

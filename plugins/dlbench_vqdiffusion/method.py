@@ -1,22 +1,32 @@
 """The ``vq-diffusion`` method: VQ-Diffusion (Gu et al. 2022) with Improved VQ-Diffusion sampling.
 
-Composes a discrete schedule (``dlbench.schedules.discrete``), the transition kernel
+Composes a discrete schedule (a component slot: any registered ``schedule`` of the discrete family, built
+through ``MethodContext.build``; default ``vqdiffusion-alpha1``), the transition kernel
 (:mod:`.kernel`), the loss (:mod:`.losses`), the samplers (:mod:`.sampling`) and the shared
 backbone (``dlbench.nn.denoiser``) with a [MASK] input id (vocabulary K+1) and K output logits.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from einops import rearrange
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
-from dlbench.interfaces import ComponentConfig, Method, MethodContext, MethodRequirements, NLLBound, SampleCallback
+from dlbench.interfaces import (
+    ComponentConfig,
+    ComponentRef,
+    Method,
+    MethodContext,
+    MethodRequirements,
+    NLLBound,
+    SampleCallback,
+    Slot,
+    ref,
+)
 from dlbench.nn.denoiser import build_denoiser, drop_labels
 from dlbench.registry import DlbenchError
-from dlbench.schedules.discrete import DISCRETE_SCHEDULES
 from dlbench.seeding import PerSampleRNG
 from dlbench_vqdiffusion.kernel import LOG_FLOOR, TransitionKernel, log_onehot
 from dlbench_vqdiffusion.losses import ImportanceTimeSampler, aux_weight, vlb_terms
@@ -30,23 +40,36 @@ class VQDiffusionError(DlbenchError, ValueError):
 class VQDiffusionConfig(ComponentConfig):
     """``method.params`` of ``vq-diffusion`` (METHODS.md B.3, B.5)."""
 
-    schedule: str = Field("vqdiffusion-alpha1", description="discrete schedule name (schedule/<name>)")
-    schedule_params: dict[str, Any] = Field(default_factory=dict, description="the schedule's own config")
+    schedule: Annotated[ComponentRef, Slot("schedule", family="discrete")] = ref("vqdiffusion-alpha1")
     num_steps: int = Field(100, ge=2, description="T, diffusion steps")
     aux_weight: float = Field(1e-3, ge=0, description="lambda of the auxiliary x0 cross-entropy")
     adaptive_aux: bool = Field(True, description="weight the auxiliary loss by w(t) = 2 - (t-1)/T")
     importance_sampling: bool = Field(True, description="p(t) ∝ sqrt(E[L_t^2]) after a uniform warm-up")
     importance_warmup: int = Field(10, ge=0, description="uniform t until every t was seen more than this")
     mask_weight: tuple[float, float] = Field((1.0, 1.0), description="loss weight of (masked, unmasked) positions")
-    label_drop: float = Field(0.1, ge=0, lt=1, description="label -> null class rate (classifier-free guidance)")
+    label_dropout: float = Field(0.1, ge=0, lt=1, description="label -> null class rate (classifier-free guidance); "
+                                 "the same name as VQ-LCMD's (label_drop, the old name, is read as this)")
 
-    @field_validator("schedule")
+    @model_validator(mode="before")
     @classmethod
-    def _known(cls, v: str) -> str:
-        name = v.split("/", 1)[1] if v.startswith("schedule/") else v
-        if name not in DISCRETE_SCHEDULES:
-            raise ValueError(f"unknown discrete schedule {v!r}; choose one of {', '.join(DISCRETE_SCHEDULES)}")
-        return name
+    def _legacy_schedule_params(cls, data: Any) -> Any:
+        # run configs saved before the schedule slot: schedule = "<name>", schedule_params = {...};
+        # and before the CFG rate took VQ-LCMD's name: label_drop
+        if isinstance(data, dict) and "label_drop" in data:
+            data = dict(data)
+            old = data.pop("label_drop")
+            if "label_dropout" in data and data["label_dropout"] != old:
+                raise ValueError(f"label_drop={old} and label_dropout={data['label_dropout']}: give label_dropout only")
+            data["label_dropout"] = old
+        if isinstance(data, dict) and "schedule_params" in data:
+            data = dict(data)
+            params = data.pop("schedule_params") or {}
+            name = data.get("schedule", "vqdiffusion-alpha1")
+            if isinstance(name, str):
+                data["schedule"] = {"name": name, "params": params}
+            elif params:
+                raise ValueError("give the schedule's params as schedule.params, not schedule_params")
+        return data
 
 
 class VQDiffusion(Method):
@@ -68,11 +91,7 @@ class VQDiffusion(Method):
         self.num_classes = context.num_classes
         self.grid = tuple(context.token_grid)
         k = self.codebook_size = int(context.codebook_size)
-        schedule_cls = DISCRETE_SCHEDULES[config.schedule]
-        try:
-            schedule = schedule_cls(schedule_cls.Config.model_validate(config.schedule_params))
-        except ValueError as exc:
-            raise VQDiffusionError(f"method.params.schedule_params for {config.schedule!r}: {exc}") from None
+        schedule = context.build(config, "schedule")
         self.kernel = TransitionKernel(schedule.coefficients(config.num_steps, k), k)
         self.time_sampler = ImportanceTimeSampler(
             config.num_steps, warmup=config.importance_warmup, enabled=config.importance_sampling
@@ -108,7 +127,7 @@ class VQDiffusion(Method):
         u = torch.rand(b, n, self.codebook_size + 1, device=x0.device).clamp(1e-20, 1 - 1e-7)
         x_t = self.kernel.q_sample(x0, t, -torch.log(-torch.log(u)))  # training noise: the runner's global RNG
         if labels is not None and self.training:
-            labels = drop_labels(labels, self.config.label_drop, num_classes=self.num_classes)
+            labels = drop_labels(labels, self.config.label_dropout, num_classes=self.num_classes)
         log_p_x0 = self.predict_x0(x_t, t, labels)
         log_model = self.kernel.posterior(log_p_x0, x_t, t)
         log_true = self.kernel.posterior(log_onehot(x0, self.codebook_size).float(), x_t, t)
@@ -266,7 +285,7 @@ VQDiffusion.presets = {
     },
     "default": {
         # Fashion-MNIST 32x32 -> 8x8 tokens on CPU; METHODS.md "Minimal CPU-scale versions" B
-        "method": {"params": {"num_steps": 50, "aux_weight": 1e-3, "label_drop": 0.1}},
+        "method": {"params": {"num_steps": 50}},
         "backbone": {"preset": "tiny"},
         # the budget (steps, batch) and sampling NFE come from the shared base preset (dlbench.config)
         "training": {"lr": 5e-4, "weight_decay": 4.5e-2, "betas": (0.9, 0.96),
@@ -277,7 +296,7 @@ VQDiffusion.presets = {
     "benchmark": {
         # the default recipe under the base `benchmark` budget (3000 steps x batch 64, 50 sampling steps); one
         # forward+backward per step, so VQ-LCMD's benchmark preset takes fewer steps for the same compute
-        "method": {"params": {"num_steps": 50, "aux_weight": 1e-3, "label_drop": 0.1}},
+        "method": {"params": {"num_steps": 50}},
         "backbone": {"preset": "tiny"},
         "training": {"lr": 5e-4, "weight_decay": 4.5e-2, "betas": (0.9, 0.96),
                      "warmup_steps": 200, "grad_clip": 1.0, "ema_decay": 0.999},
@@ -286,9 +305,9 @@ VQDiffusion.presets = {
     },
     "paper": {
         # METHODS.md B.5, FFHQ (configs/ffhq.yaml): T=100, lambda=1e-3, AdamW (0.9, 0.96), wd 4.5e-2,
-        # lr 4.5e-4 after warm-up, released alpha1 schedule; truncation r = 0.86 (B.6)
-        "method": {"params": {"schedule": "vqdiffusion-alpha1", "num_steps": 100, "aux_weight": 1e-3,
-                              "adaptive_aux": True, "importance_sampling": True}},
+        # lr 4.5e-4 after warm-up, released alpha1 schedule; truncation r = 0.86 (B.6). The schedule, lambda,
+        # adaptive aux weight and importance sampling are VQDiffusionConfig's defaults (set there, not restated)
+        "method": {"params": {"num_steps": 100}},
         "backbone": {"preset": "vqdiffusion-ffhq"},
         "training": {"lr": 4.5e-4, "weight_decay": 4.5e-2, "betas": (0.9, 0.96), "warmup_steps": 2000,
                      "grad_clip": 0.5, "ema_decay": 0.999, "batch_size": 256},

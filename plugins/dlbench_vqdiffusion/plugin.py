@@ -1,6 +1,7 @@
 """Entry point ``vqdiffusion = "dlbench_vqdiffusion.plugin"``: registers the ``vq-diffusion`` method.
 
-The discrete schedules it uses live in ``dlbench.schedules.discrete`` and are registered by the core.
+Its schedule is any registered discrete ``schedule`` (the core registers ``vqdiffusion-alpha1`` and
+``mask-and-replace``; a plugin may add more), chosen by ``method.schedule``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Every sampler has one signature (k-diffusion style, STYLE.md lesson 4)::
 - ``times``: descending network times ``T = t_0 > t_1 > ... >= 1`` (one network call each);
 - ``kernel``: a :class:`~dlbench_vqdiffusion.kernel.TransitionKernel`;
 - ``rng``: :class:`dlbench.seeding.PerSampleRNG` (row i depends only on seed i -> batch-size independent);
-- ``callback(info)`` after each step, ``info = {"i", "t", "x", "log_p_x0"}``.
+- ``callback(info)`` after each step with dlbench's sampler keys (``dlbench.interfaces.SAMPLE_CALLBACK_KEYS``):
+  ``{"i", "steps", "t" (= t / T), "x" "b n", "x0_logits" (log p(x~0 | x_t) "b n K")}``.
 
 Final tokens never contain [MASK]: the last ancestral jump (to t = 0) samples among real tokens only
 (its [MASK] mass is exactly zero since gamma_bar_0 = 0) and the reveal samplers fill every masked
@@ -99,6 +100,12 @@ def reveal_schedule(num_positions: int, num_steps: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _step_info(i: int, times: list[int], t: int, kernel: TransitionKernel, x: torch.Tensor,
+               log_p_x0: torch.Tensor) -> dict[str, Any]:
+    """The sampler-callback dict (``dlbench.interfaces.SAMPLE_CALLBACK_KEYS``) of grid step ``i`` at time ``t``."""
+    return {"i": i, "steps": len(times), "t": t / kernel.num_steps, "x": x, "x0_logits": log_p_x0}
+
+
 def sample_ancestral(
     denoise: Denoise,
     x: torch.Tensor,
@@ -125,7 +132,7 @@ def sample_ancestral(
         else:
             x = gumbel_argmax(log_prev, noise)
         if callback is not None:
-            callback({"i": i, "t": t, "x": x, "log_p_x0": log_p_x0})
+            callback(_step_info(i, times, t, kernel, x, log_p_x0))
     assert not bool((x == kernel.mask_id).any()), "ancestral sampler emitted [MASK]"
     return x
 
@@ -170,7 +177,7 @@ def sample_reveal(
             chosen = torch.zeros_like(masked).scatter(1, chosen_idx, True) & masked
             x = torch.where(chosen, candidate, x)
         if callback is not None:
-            callback({"i": i, "t": t, "x": x, "log_p_x0": log_p_x0})
+            callback(_step_info(i, times, t, kernel, x, log_p_x0))
     assert not bool((x == mask_id).any()), "reveal sampler left [MASK] tokens"
     return x
 

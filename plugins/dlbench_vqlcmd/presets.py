@@ -29,6 +29,11 @@ def forwards_per_step(c) -> float:
     return cost
 
 
+def _table_dim(config, dim: int) -> dict[str, Any]:
+    """``embedding.params.dim`` for a learned table (other embeddings have no dimension to set)."""
+    return {"embedding": {"params": {"dim": dim}}} if config.embedding.name == "learnable" else {}
+
+
 #: generator steps of the base `benchmark` preset for a method with one forward+backward per step
 BENCHMARK_STEPS = 3000
 
@@ -39,7 +44,7 @@ def method_presets(config) -> dict[str, dict[str, Any]]:
     train_common = {"weight_decay": 0.0, "betas": [0.9, 0.99], "grad_clip": 1.0, "precision": "fp32"}
     return {
         "quick": {
-            "method": {"params": {"embed_dim": 8, "sample_steps": 4}},
+            "method": {"params": {**_table_dim(config, 8), "sample_steps": 4}},
             "backbone": _quick_backbone(),
             "training": {"lr": 1e-3, "weight_decay": 0.0},
             "sampling": {"steps": 4, "guidance": 1.0},
@@ -47,7 +52,7 @@ def method_presets(config) -> dict[str, dict[str, Any]]:
         },
         "default": {
             # Fashion-MNIST 32x32 -> 8x8 tokens, K=256, tiny backbone; budget and NFE from the base preset
-            "method": {"params": {"embed_dim": 16, "sample_steps": 50}},
+            "method": {"params": {"sample_steps": 50}},
             "backbone": {"preset": "tiny", "params": {}},
             # why weight_decay 0: decay on the table is itself a shrinkage (collapse) pressure
             "training": {"lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.999, **train_common},
@@ -55,7 +60,7 @@ def method_presets(config) -> dict[str, dict[str, Any]]:
             "evaluation": {"protocol": "default"},
         },
         "benchmark": {
-            "method": {"params": {"embed_dim": 16, "sample_steps": 50}},
+            "method": {"params": {"sample_steps": 50}},
             "backbone": {"preset": "tiny", "params": {}},
             "training": {"steps": round(BENCHMARK_STEPS / forwards_per_step(config)), "lr": 5e-4,
                          "warmup_steps": 200, "ema_decay": 0.999, **train_common},
@@ -65,9 +70,9 @@ def method_presets(config) -> dict[str, dict[str, Any]]:
         "collapse": {
             # the table must be free to collapse: learned, rows not normalised, an L2 objective in embedding
             # space (scale pressure) at equal weight over t, and a learning rate that moves it
-            "method": {"params": {"embed_dim": 16, "sample_steps": 25, "embedding": "learnable",
-                                  "normalize_embeddings": False, "dm_objective": "mse", "dm_weighting": "constant",
-                                  "embed_lr_scale": 30.0}},
+            "method": {"params": {"sample_steps": 25,
+                                  "embedding": {"name": "learnable", "params": {"dim": 16, "normalize": False}},
+                                  "dm_objective": "mse", "dm_weighting": "constant", "embed_lr_scale": 30.0}},
             "backbone": {"preset": "tiny", "params": {}},
             "training": {"lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.999, **train_common},
             "sampling": {"guidance": 1.0},
@@ -75,7 +80,7 @@ def method_presets(config) -> dict[str, dict[str, Any]]:
         },
         "paper": {
             # [recon] ImageNet-256 class-conditional, 50 DDIM steps (paper abstract); sizes not retrieved
-            "method": {"params": {"embed_dim": 32, "sample_steps": 50}},
+            "method": {"params": {**_table_dim(config, 32), "sample_steps": 50}},
             "backbone": {"preset": "base", "params": {}},
             "training": {
                 "steps": 400_000,

@@ -60,6 +60,7 @@ def sample_ddim(
             z0_hat = expected_embedding(logits.float(), table, temperature)
             z = ddim_step(z, z0_hat, a_t, s_t, a_s, s_s)
         if callback is not None:
-            callback({"i": i, "steps": len(times), "t": float(times[i]), "z": z, "logits": logits})
+            # dlbench.interfaces.SAMPLE_CALLBACK_KEYS
+            callback({"i": i, "steps": len(times), "t": float(times[i]), "x": z, "x0_logits": logits})
     assert logits is not None
     return logits.argmax(-1), logits

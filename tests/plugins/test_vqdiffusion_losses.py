@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dlbench.schedules.discrete import DISCRETE_SCHEDULES
+from dlbench.schedules.discrete import MaskAndReplaceSchedule
 from dlbench_vqdiffusion.kernel import TransitionKernel, log_onehot
 from dlbench_vqdiffusion.losses import ImportanceTimeSampler, aux_weight, vlb_terms
 
@@ -44,7 +44,7 @@ def test_importance_update_does_not_depend_on_order_within_a_batch():
 
 def test_vlb_is_zero_for_a_perfect_model_and_aux_is_the_x0_cross_entropy():
     k, steps = 5, 6
-    kernel = TransitionKernel(DISCRETE_SCHEDULES["mask-and-replace"]().coefficients(steps, k), k)
+    kernel = TransitionKernel(MaskAndReplaceSchedule().coefficients(steps, k), k)
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, k, (4, 9), generator=g)
     t = torch.tensor([1, 2, 4, 6])

@@ -60,8 +60,15 @@ def test_registers_through_the_plugin_hook_and_satisfies_the_interface():
         VQDiffusionConfig.model_validate(preset.get("method", {}).get("params", {}))
     paper = VQDiffusion.presets["paper"]
     assert paper["method"]["params"]["num_steps"] == 100 and paper["training"]["betas"] == (0.9, 0.96)
-    with pytest.raises(ValueError, match="unknown discrete schedule"):
-        VQDiffusionConfig(schedule="mask-and-replce")
+    from dlbench.plugins import get_registry
+    from dlbench.registry import SlotError, resolve_slots
+
+    with pytest.raises(SlotError, match="unknown schedule 'mask-and-replce'. Did you mean 'mask-and-replace'"):
+        resolve_slots(get_registry(), VQDiffusionConfig(schedule="mask-and-replce"), where="method.params")
+    with pytest.raises(SlotError, match="continuous schedule; this slot takes a discrete schedule"):
+        resolve_slots(get_registry(), VQDiffusionConfig(schedule="cosine"), where="method.params")
+    legacy = VQDiffusionConfig.model_validate({"schedule": "mask-and-replace", "schedule_params": {}})
+    assert legacy.schedule.name == "mask-and-replace"
 
 
 def test_importance_sampler_warms_up_and_is_checkpointed(trained):

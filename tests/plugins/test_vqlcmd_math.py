@@ -9,7 +9,6 @@ import torch
 from pydantic import ValidationError
 
 from dlbench.schedules.continuous import (
-    CONTINUOUS_SCHEDULES,
     CosineSchedule,
     LinearLogSNRSchedule,
     ShiftedCosineSchedule,
@@ -24,6 +23,8 @@ from dlbench_vqlcmd.losses import (
     random_drop,
     reconstruction_ce,
 )
+
+CONTINUOUS_SCHEDULES = {"cosine": CosineSchedule, "shifted-cosine": ShiftedCosineSchedule, "linear": LinearLogSNRSchedule}
 
 T = torch.linspace(0.0, 1.0, 201, dtype=torch.float64)
 

@@ -7,6 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from dlbench.interfaces import MethodContext
+from dlbench.embeddings import EmbeddingConfigError
 from dlbench_vqlcmd.method import CSDM, VQLCMD, FixedEmbedding, VQLCMDError, VQLCMDNoDrop, VQLCMDNoShift
 from dlbench_vqlcmd.regularizers import RandomDropping
 
@@ -190,10 +191,10 @@ def test_quick_train_then_sample_on_random_tokens():
 
 
 def test_ablation_defaults():
-    assert CSDM.Config().w_cm == 0 and CSDM.Config().drop_rate == 0 and CSDM.Config().schedule == "cosine"
+    assert CSDM.Config().w_cm == 0 and CSDM.Config().drop_rate == 0 and CSDM.Config().schedule.name == "cosine"
     assert VQLCMDNoDrop.Config().drop_rate == 0 and VQLCMDNoDrop.Config().w_cm > 0
-    assert VQLCMDNoShift.Config().shift == 0 and VQLCMDNoShift.Config().schedule == "shifted-cosine"
-    assert FixedEmbedding.requires.needs_codebook and FixedEmbedding.Config().embedding == "codebook"
+    assert VQLCMDNoShift.Config().schedule.model_dump() == {"name": "shifted-cosine", "params": {"shift": 0.0}}
+    assert FixedEmbedding.requires.needs_codebook and FixedEmbedding.Config().embedding.name == "codebook"
     _, terms = CSDM(CSDM.Config(embed_dim=4), context=_ctx()).loss(_tokens(), None)
     assert "cm" not in terms and "drop_frac" not in terms
 
@@ -206,15 +207,17 @@ def test_fixed_embedding_uses_the_frozen_codebook():
     m = FixedEmbedding(context=_ctx(tokenizer=Tok()))
     assert m.embedding.dim == 5 and not any(p is m.embedding.table for p in m.parameters())
     m.loss(_tokens(), None)[0].backward()
-    with pytest.raises(VQLCMDError, match="needs the tokenizer"):
+    with pytest.raises(EmbeddingConfigError, match="needs a tokenizer"):
         FixedEmbedding(context=_ctx())
 
 
 def test_config_errors():
     with pytest.raises(ValidationError):
         VQLCMD.Config(w_cmm=1.0)
-    with pytest.raises(VQLCMDError, match="shifted-cosine"):
-        VQLCMD(VQLCMD.Config(schedule="cosine", shift=-2.0), context=_ctx())
+    with pytest.raises(ValidationError, match="only applies to schedule 'shifted-cosine'"):
+        VQLCMD.Config(schedule="cosine", shift=-2.0)  # the pre-slot flat field, still honoured
+    assert VQLCMD.Config(shift=-1.0).schedule.params == {"shift": -1.0}
+    assert VQLCMD.Config(embed_dim=4).embedding.params["dim"] == 4
     with pytest.raises(ValidationError, match="cm_step_model"):
         VQLCMD.Config(cm_zs="same-noise", cm_step_model="teacher")
     with pytest.raises(VQLCMDError, match="'b h w'"):

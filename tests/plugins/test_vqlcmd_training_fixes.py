@@ -243,6 +243,6 @@ def test_collapse_preset_leaves_the_table_free_to_collapse():
         pytest.skip("dlbench entry points not installed")
     for name, has_cm in (("csdm", False), ("vqlcmd", True)):
         p = build_config(name, registry=registry, preset="collapse").method.params
-        assert p["embedding"] == "learnable" and not p["normalize_embeddings"]
+        assert p["embedding"]["name"] == "learnable" and not p["embedding"]["params"]["normalize"]
         assert p["dm_objective"] == "mse" and p["embed_lr_scale"] > 1  # scale pressure, a table that moves
         assert (p["w_cm"] > 0) == has_cm

@@ -1,4 +1,8 @@
-"""A complete third-party plugin: one noise schedule and one method, registered through hooks.
+"""A complete third-party plugin: two noise schedules, a tokenizer regularizer and a method, registered through hooks.
+
+The schedules and the regularizer are used *inside the built-in methods* by name, selected on the command
+line (docs/plugins.md): ``dlbench run vqlcmd --set method.schedule=power-logsnr``, ``dlbench run vq-diffusion
+--set method.schedule=cosine-mask``, ``dlbench run vq-diffusion --set tokenizer.regularizers='["code-balance"]'``.
 
 The method, ``unigram``, is the simplest honest generator over token grids: it learns the marginal
 distribution of tokens at each grid position (optionally per class) and samples positions
@@ -19,9 +23,11 @@ from dlbench import hookimpl
 from dlbench.interfaces import (
     ComponentConfig,
     ContinuousSchedule,
+    DiscreteSchedule,
     Method,
     MethodContext,
     MethodRequirements,
+    Regularizer,
 )
 
 
@@ -43,6 +49,61 @@ class PowerLogSNR(ContinuousSchedule):
         eps = math.exp(-self.config.logsnr_max)
         s2 = t.clamp(0, 1).pow(self.config.power).clamp(eps / (1 + eps), 1 / (1 + eps))
         return torch.log1p(-s2) - torch.log(s2)
+
+
+class CosineMaskConfig(ComponentConfig):
+    gamma_bar_end: float = Field(0.9, gt=0, lt=1, description="share of [MASK] at t = T")
+    alpha_bar_end: float = Field(1e-5, gt=0, lt=0.1, description="share of tokens kept at t = T")
+
+
+class CosineMask(DiscreteSchedule):
+    """Mask-and-replace with cosine-warped cumulative curves: few tokens change at small t.
+
+    ``w(t) = 1 - cos(pi/2 (t-1)/(T-1))``; ``alpha_bar = 1 - w (1 - alpha_bar_end)``, ``gamma_bar = w gamma_bar_end``
+    (nearly 0 at t = 1), ``K beta_bar = 1 - alpha_bar - gamma_bar``; one-step values from consecutive ratios
+    (``alpha_t = alpha_bar_t / alpha_bar_{t-1}``, ``1 - gamma_t = (1 - gamma_bar_t) / (1 - gamma_bar_{t-1})``).
+    """
+
+    Config = CosineMaskConfig
+
+    def __init__(self, config: CosineMaskConfig | None = None):
+        self.config = config or CosineMaskConfig()
+
+    def coefficients(self, num_steps: int, num_classes: int) -> dict[str, torch.Tensor]:
+        c = self.config
+        frac = torch.arange(num_steps, dtype=torch.float64) / (num_steps - 1)
+        w = (1 - torch.cos(0.5 * math.pi * frac)).clamp_min(1e-6)  # > 0 at t = 1: beta_bar must be positive
+        alpha_bar = 1 - w * (1 - c.alpha_bar_end)
+        gamma_bar = w * c.gamma_bar_end
+        beta_bar = (1 - alpha_bar - gamma_bar) / num_classes
+        alpha = alpha_bar / torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        gamma = 1 - (1 - gamma_bar) / (1 - torch.cat([torch.zeros(1, dtype=torch.float64), gamma_bar[:-1]]))
+        beta = (1 - alpha - gamma) / num_classes
+        return dict(alpha=alpha, beta=beta, gamma=gamma, alpha_bar=alpha_bar, beta_bar=beta_bar, gamma_bar=gamma_bar)
+
+
+class CodeBalanceConfig(ComponentConfig):
+    weight: float = Field(0.05, ge=0, description="weight of the term in the tokenizer loss")
+    temperature: float = Field(1.0, gt=0, description="temperature of the learned logit scale's start")
+
+
+class CodeBalance(Regularizer):
+    """Tokenizer regularizer: KL(mean soft code distribution || uniform), with a learned logit scale.
+
+    The scale is the regularizer's own parameter: it trains with the tokenizer and is saved in its checkpoint."""
+
+    Config = CodeBalanceConfig
+    stage: ClassVar = "tokenizer"
+
+    def __init__(self, config: CodeBalanceConfig | None = None):
+        super().__init__()
+        self.config = config or CodeBalanceConfig()
+        self.log_scale = nn.Parameter(torch.tensor(-math.log(self.config.temperature)))
+
+    def forward(self, logits: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        # logits "b h w k": the tokenizer's per-position code logits (dlbench.interfaces.Regularizer)
+        p = torch.softmax(logits.float() * self.log_scale.exp(), dim=-1).reshape(-1, logits.shape[-1]).mean(0)
+        return (p * (p.clamp_min(1e-12).log() + math.log(p.numel()))).sum()
 
 
 class UnigramConfig(ComponentConfig):
@@ -109,13 +170,19 @@ class Unigram(Method):
         tokens = (logp + g).argmax(-1)
         return tokens.reshape(b, *self.grid)
 
-    def nfe(self, steps=None, guidance=1.0):
-        return 0
+    def nfe(self, steps=None, guidance=1.0, **options):
+        return 0  # no network: one table lookup per sample
 
 
 @hookimpl
 def register_schedules(register):
-    register("power-logsnr", PowerLogSNR)
+    register("power-logsnr", PowerLogSNR)  # continuous: fits VQ-LCMD's schedule slot
+    register("cosine-mask", CosineMask)  # discrete: fits VQ-Diffusion's schedule slot
+
+
+@hookimpl
+def register_regularizers(register):
+    register("code-balance", CodeBalance)  # tokenizer stage: fits tokenizer.regularizers
 
 
 @hookimpl
