@@ -33,6 +33,7 @@ __all__ = [
     "ShiftedCosineSchedule",
     "cosine_logsnr",
     "cosine_dlogsnr",
+    "diffuse",
 ]
 
 
@@ -53,6 +54,14 @@ def cosine_logsnr(t: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
 def cosine_dlogsnr(t: torch.Tensor) -> torch.Tensor:
     """``d lambda / dt = -2 pi / sin(pi t)`` for the (shifted) cosine family; the shift drops out."""
     return -2.0 * math.pi / torch.sin(math.pi * t)
+
+
+def diffuse(z0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The forward process ``z_t = alpha_t z_0 + sigma_t eps`` (VDM Eq. 2; METHODS.md §A.1): ``z0``, ``eps``
+    ``"b ..."``, per-sample ``alpha``, ``sigma`` ``"b"`` broadcast over the trailing axes. No dtype is changed:
+    callers choose the precision (e.g. float64 for likelihood bounds)."""
+    shape = (-1,) + (1,) * (z0.ndim - 1)
+    return alpha.reshape(shape) * z0 + sigma.reshape(shape) * eps
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dlbench.interfaces import ContinuousSchedule
+from dlbench.schedules.continuous import diffuse
 
 from .losses import expected_embedding
 
@@ -73,7 +74,7 @@ def elbo_per_grid(
     def noisy(t: torch.Tensor) -> torch.Tensor:
         a, s = schedule.alpha_sigma(t.to(torch.float64))
         eps = torch.randn(z0.shape, generator=generator, dtype=torch.float64).to(dev)
-        return (a.reshape(-1, 1, 1, 1) * z0.double() + s.reshape(-1, 1, 1, 1) * eps).float()
+        return diffuse(z0.double(), eps, a, s).float()
 
     # reconstruction at t_min
     t0 = torch.full((b,), t_min, dtype=torch.float64, device=dev)

@@ -39,6 +39,7 @@ from dlbench.interfaces import (
 from dlbench.nn.denoiser import build_denoiser, drop_labels
 from dlbench.nn.ema import ema_update
 from dlbench.registry import DlbenchError
+from dlbench.schedules.continuous import diffuse
 
 from .legacy import legacy_slot_fields
 from .losses import denoising_ce, diffusion_loss, expected_embedding, prior_kl, reconstruction_ce
@@ -246,7 +247,7 @@ class VQLCMD(Method):
         t = c.t_min + (c.t_max - c.t_min) * torch.rand(b, device=dev)
         eps = torch.randn_like(z0)
         a_t, s_t = sch.alpha_sigma(t)
-        z_t = a_t[:, None, None, None] * z0 + s_t[:, None, None, None] * eps
+        z_t = diffuse(z0, eps, a_t, s_t)
         z_t_in, mask = self.dropping.drop(z_t)
 
         # the t_min reconstruction term is near-trivial (~1e-3 nats): a rec_fraction share of the batch suffices
@@ -254,7 +255,7 @@ class VQLCMD(Method):
         rec = torch.randperm(b, device=dev)[:n_rec]  # a random subset: batches need not be shuffled
         t0 = torch.full((n_rec,), c.t_min, device=dev, dtype=t.dtype)
         a_0, s_0 = sch.alpha_sigma(t0)
-        z_min = a_0[:, None, None, None] * z0[rec] + s_0[:, None, None, None] * torch.randn_like(z0[rec])
+        z_min = diffuse(z0[rec], torch.randn_like(z0[rec]), a_0, s_0)
         x0_prev = self._self_condition_input(z_t_in, t, y, table)
         x0_prev_all = None if x0_prev is None else torch.cat([x0_prev, torch.zeros_like(z_min)])
 
@@ -439,7 +440,7 @@ class VQLCMD(Method):
             for tv in ts:
                 t = torch.full((tokens.shape[0],), tv, device=dev)
                 a, s = self.schedule.alpha_sigma(t)
-                logits = self.denoise(a[:, None, None, None] * z0 + s[:, None, None, None] * eps, t, y)
+                logits = self.denoise(diffuse(z0, eps, a, s), t, y)
                 ces.append(reconstruction_ce(logits, tokens).item())
                 accs.append((logits.argmax(-1) == tokens).float().mean().item())
         finally:

@@ -21,6 +21,8 @@ from typing import Literal
 
 import torch
 
+from dlbench.schedules.continuous import diffuse
+
 from .losses import ddim_step
 
 __all__ = ["cm_point", "cm_time"]
@@ -65,8 +67,7 @@ def cm_point(
     with ``x0_hat = z0`` the two coincide (the CT-style identity tested in test_vqlcmd_math.py).
     """
     if kind == "same-noise":
-        a, s = (x.reshape(-1, *([1] * (z0.ndim - 1))).to(z0.dtype) for x in (alpha_s, sigma_s))
-        return (a * z0 + s * eps).detach()
+        return diffuse(z0, eps, alpha_s.to(z0.dtype), sigma_s.to(z0.dtype)).detach()
     if kind == "ddim":
         if x0_hat is None:
             raise ValueError("cm_point('ddim') needs x0_hat (the x0 estimate of the DDIM step)")

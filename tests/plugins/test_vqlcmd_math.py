@@ -12,6 +12,7 @@ from dlbench.schedules.continuous import (
     CosineSchedule,
     LinearLogSNRSchedule,
     ShiftedCosineSchedule,
+    diffuse,
 )
 from dlbench_vqlcmd.losses import (
     consistency_divergence,
@@ -77,6 +78,22 @@ def test_schedule_config_errors():
 
 
 # -- DDIM step and losses --------------------------------------------------------------------------
+
+
+def test_forward_process_per_sample_coefficients_and_variance():
+    """``diffuse`` is ``alpha_i z0_i + sigma_i eps_i`` per sample (checked element by element in float64), keeps
+    the inputs' dtype, and with a VP schedule keeps unit variance for unit-variance z0 and eps."""
+    g = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(3, 2, 2, 5, dtype=torch.float64, generator=g), torch.randn(3, 2, 2, 5, dtype=torch.float64,
+                                                                                      generator=g)
+    a, s = ShiftedCosineSchedule().alpha_sigma(torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    z = diffuse(z0, eps, a, s)
+    assert z.dtype == torch.float64 and z.shape == z0.shape
+    for i in range(3):
+        torch.testing.assert_close(z[i], float(a[i]) * z0[i] + float(s[i]) * eps[i], rtol=0, atol=0)
+    big0, bige = torch.randn(2, 200_000, generator=g), torch.randn(2, 200_000, generator=g)
+    a2, s2 = CosineSchedule().alpha_sigma(torch.tensor([0.3, 0.7]))
+    assert torch.allclose(diffuse(big0, bige, a2, s2).var(dim=1), torch.ones(2), atol=0.02)
 
 
 def test_ddim_step_with_exact_x0_lands_on_the_same_trajectory():
