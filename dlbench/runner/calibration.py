@@ -6,7 +6,7 @@ binds it to a run (its tokenizer cache, dataset splits and protocol) for :mod:`d
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -22,8 +22,13 @@ from dlbench.eval.token_metrics import token_metrics
 from dlbench.interfaces import ImageDataset, Method, Tokenizer
 from dlbench.train.dist import DistContext, rank_local
 
+if TYPE_CHECKING:
+    from dlbench.config import RunConfig
+    from dlbench.eval.protocol import EvalProtocol
+    from dlbench.registry import Registry
 
-def protocol_with_tokens(protocol: Any, settings: dict[str, Any] | None) -> Any:
+
+def protocol_with_tokens(protocol: EvalProtocol, settings: dict[str, Any] | None) -> EvalProtocol:
     """The protocol with its token-metric settings filled in (None: as it is)."""
     if settings is None:
         return protocol
@@ -36,7 +41,7 @@ def split_lengths(dataset: ImageDataset) -> dict[str, int]:
     return {s: len(dataset.split(s)) for s in dataset.splits}  # type: ignore[arg-type]
 
 
-def reference_tokens(tokenizer: Tokenizer, dataset: ImageDataset, key: str, protocol: Any,
+def reference_tokens(tokenizer: Tokenizer, dataset: ImageDataset, key: str, protocol: EvalProtocol,
                      ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens and labels of the protocol's reference images (the held-out tokens of the token metrics)."""
     from dlbench.runner.tokens import tokenize_split
@@ -48,7 +53,7 @@ def reference_tokens(tokenizer: Tokenizer, dataset: ImageDataset, key: str, prot
 
 def token_evaluation(
     generator: Method, tokens: torch.Tensor, tokenizer: Tokenizer, dataset: ImageDataset, key: str,
-    protocol: Any, ctx: DistContext, conditional: bool,
+    protocol: EvalProtocol, ctx: DistContext, conditional: bool,
 ) -> dict[str, Any]:
     """``{"metrics", "unavailable", "details"}``: unigram / pair KL of the sample tokens vs the reference tokens
     and the method's NLL bound on the first ``nll_num_grids`` reference grids (docs/protocol.md)."""
@@ -70,7 +75,7 @@ def token_evaluation(
 
 
 def anchors_for(
-    protocol: Any, dataset: ImageDataset, tokenizer: Tokenizer, key: str, ctx: DistContext, *,
+    protocol: EvalProtocol, dataset: ImageDataset, tokenizer: Tokenizer, key: str, ctx: DistContext, *,
     seed: int = 0, log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The anchor record of (dataset, tokenizer, protocol): from the cache, else computed and stored there.
@@ -102,7 +107,7 @@ def anchors_for(
 
 
 def compute_anchor_record(
-    protocol: Any, dataset: ImageDataset, tokenizer: Tokenizer, key: str, ctx: DistContext, *, akey: str,
+    protocol: EvalProtocol, dataset: ImageDataset, tokenizer: Tokenizer, key: str, ctx: DistContext, *, akey: str,
     fingerprints: dict[str, str], seed: int = 0, log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Compute the anchor record ``akey`` of a reference-bound ``protocol`` and store it in the cache (rank 0).
@@ -124,7 +129,7 @@ def compute_anchor_record(
 
 
 def _compute_anchor_record(
-    protocol: Any, dataset: ImageDataset, tokenizer: Tokenizer, key: str, ctx: DistContext, *, akey: str,
+    protocol: EvalProtocol, dataset: ImageDataset, tokenizer: Tokenizer, key: str, ctx: DistContext, *, akey: str,
     fingerprints: dict[str, str], seed: int, log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     from dlbench.data import load_split_tensors
@@ -199,7 +204,7 @@ def effective_training(training: Any, method: Method, grid: tuple[int, int]) -> 
     return training.model_copy(update={"budget_images": images}), record
 
 
-def equal_flops_budget(plans: Sequence[Any], registry: Any) -> tuple[float, dict[str, float]]:
+def equal_flops_budget(plans: Sequence[RunConfig], registry: Registry) -> tuple[float, dict[str, float]]:
     """The default comparison budget: the smallest preset training FLOPs among the methods' run configs
     (``flops_per_image * batch_size * steps``), so no method trains longer than its preset says and every
     method gets the same compute. Returns ``(flops, {method: preset flops})``."""
@@ -232,7 +237,7 @@ class CurveRecorder:
     Anchors at the same ``n`` (:meth:`anchors`) give the curves their horizontal lines.
     """
 
-    def __init__(self, *, cfg: Any, protocol: Any, dataset: ImageDataset, tokenizer: Tokenizer, key: str,
+    def __init__(self, *, cfg: RunConfig, protocol: EvalProtocol, dataset: ImageDataset, tokenizer: Tokenizer, key: str,
                  ctx: DistContext, emit: Callable[..., None], num_classes: int | None, training: Any):
         self.cfg, self.dataset, self.tokenizer, self.key, self.emit = cfg, dataset, tokenizer, key, emit
         # curve points run on rank 0 alone while the other ranks train: nothing in them may enter a

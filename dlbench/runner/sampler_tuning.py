@@ -16,9 +16,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from dlbench.registry import Registry
 
 OBJECTIVE = "token_kl_pair"
 TUNING_VERSION = "tune-v1"
@@ -58,7 +61,8 @@ def at_equal_nfe(method: Any, point: dict[str, Any], base_steps: int | None, tar
     return False
 
 
-def tune_run(run_path: Any, registry: Any, *, samples: int = 256, log: Callable[[str], None] = print) -> dict[str, Any]:
+def tune_run(run_path: Any, registry: Registry, *, samples: int = 256,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Tune one finished run (module docstring); cached in ``RUN/tuned.json`` by a hash of the grid and settings."""
     from dlbench.eval.anchors import heldout_plan
     from dlbench.eval.token_metrics import pair_kl
@@ -129,7 +133,7 @@ def tune_run(run_path: Any, registry: Any, *, samples: int = 256, log: Callable[
     return record
 
 
-def tuned_records(records: Sequence[Any], order: Sequence[str], registry: Any, *, samples: int = 256,
+def tuned_records(records: Sequence[Any], order: Sequence[str], registry: Registry, *, samples: int = 256,
                   log: Callable[[str], None] = print) -> tuple[list[Any], list[str]]:
     """The records plus one ``<label> (tuned)`` record per tuned run, ordered after their untuned rows."""
     from dlbench.report.compare import RunRecord
