@@ -288,6 +288,12 @@ class Regularizer(nn.Module, ABC):
         bool: positions changed) or None (default: no change)."""
         return None
 
+    def bind(self, tokenizer: nn.Module, latent_channels: int) -> None:
+        """Tokenizer stage: called once when the regularizer is attached, before the optimizer exists, with the
+        tokenizer and the channel count ``d`` of its pre-quantization latent ``z_e "b h w d"``; a regularizer
+        whose own parameters are sized by the tokenizer (VA-VAE's projection) builds them here. Default: nothing."""
+        return None
+
 
 # ---------------------------------------------------------------------------------------------
 # Methods (generators over token grids)

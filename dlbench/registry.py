@@ -262,6 +262,11 @@ def attach_regularizers(registry: Registry, tokenizer: Any, refs: list[Component
                         where: str = "tokenizer.regularizers") -> None:
     """Build each tokenizer-stage regularizer of ``refs`` and attach it with
     ``tokenizer.add_regularizer(name, weight, module)`` (weight: the component config's ``weight``, else 1)."""
+    from dlbench.interfaces import Regularizer
+
     for i, r in enumerate(refs):
         spec, config = resolve_ref(registry, r, TOKENIZER_REGULARIZERS, where=f"{where}.{i}")
-        tokenizer.add_regularizer(spec.name, float(getattr(config, "weight", 1.0)), spec.factory(config))
+        module = spec.factory(config)
+        if isinstance(module, Regularizer):  # size its own parameters by the tokenizer's latent
+            module.bind(tokenizer, int(tokenizer.latent_channels))
+        tokenizer.add_regularizer(spec.name, float(getattr(config, "weight", 1.0)), module)

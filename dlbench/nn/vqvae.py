@@ -211,6 +211,11 @@ class VQVAE(Tokenizer):
         z_q = F.embedding(tokens, self.embedding)
         return self.decoder(rearrange(z_q, "b h w d -> b d h w")).clamp(-1, 1)
 
+    @property
+    def latent_channels(self) -> int:
+        """``d`` of the pre-quantization latent ``z_e "b h w d"`` (what a regularizer's ``bind`` receives)."""
+        return int(self.embedding.shape[-1])
+
     def add_regularizer(self, name: str, weight: float, module: nn.Module) -> None:
         """Attach a loss term to :meth:`training_loss` (see module docstring for its keywords)."""
         if any(n == name for n, _, _ in self.regularizers):

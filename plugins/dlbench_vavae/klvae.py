@@ -307,6 +307,11 @@ class KLVAE(Tokenizer):
                 "latent_stats_images": int(self.latent_stats_images),
                 "vf_alignment": None if self.vf is None else self.vf.run_metadata()}
 
+    @property
+    def latent_channels(self) -> int:
+        """``d`` of the latent (what a regularizer's ``bind`` receives)."""
+        return int(self.latent_dim)
+
     def add_regularizer(self, name: str, weight: float, module: nn.Module) -> None:
         """Attach a loss term to :meth:`training_loss` (keywords: module docstring)."""
         if any(n == name for n, _, _ in self.regularizers):

@@ -98,13 +98,19 @@ class VFAlignment(Regularizer):
         super().__init__()
         self.config = config or VFAlignmentConfig()
         d = latent_channels or self.config.latent_channels
-        if d is None:
-            raise VFConfigError("vf-alignment needs the tokenizer's latent channels: build it with "
-                                "latent_channels=d (or set latent_channels in its config)")
         ext = build_foundation(self.config.foundation, self.config.foundation_params)
         self.__dict__["foundation"] = ext  # frozen: kept out of the module tree and the tokenizer checkpoint
-        self.proj = nn.Conv2d(d, int(ext.dim), 1, bias=False)  # Z' = W Z (Eq. 1, reverse_proj)
+        # Z' = W Z (Eq. 1, reverse_proj); sized in bind() when attached through tokenizer.regularizers
+        self.proj: nn.Conv2d | None = None if d is None else nn.Conv2d(d, int(ext.dim), 1, bias=False)
         self.last_terms: dict[str, torch.Tensor] = {}
+
+    def bind(self, tokenizer: nn.Module, latent_channels: int) -> None:
+        """Attached through ``tokenizer.regularizers``: build the projection for the tokenizer's ``d``."""
+        if self.proj is None:
+            self.proj = nn.Conv2d(latent_channels, int(self.foundation.dim), 1, bias=False)
+        elif self.proj.in_channels != latent_channels:
+            raise VFConfigError(f"vf-alignment: latent_channels {self.proj.in_channels} but the tokenizer's latent "
+                                f"has {latent_channels} channels; leave latent_channels unset")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "VFAlignment":
         """Copies (e.g. the tokenizer's EMA shadow) share the frozen foundation network instead of duplicating it."""
@@ -148,6 +154,9 @@ class VFAlignment(Regularizer):
         c = self.config
         grid = (z_e.shape[1], z_e.shape[2])
         f = rearrange(self.target_features(images, grid), "b f h w -> b (h w) f")
+        if self.proj is None:
+            raise VFConfigError("vf-alignment needs the tokenizer's latent channels: attach it through "
+                                "tokenizer.regularizers, or build it with latent_channels=d")
         z = rearrange(self.proj(rearrange(z_e, "b h w d -> b d h w").to(self.proj.weight.dtype)),
                       "b f h w -> b (h w) f")
         loss, parts = vf_alignment_loss(z, f, cos_margin=c.cos_margin, distmat_margin=c.distmat_margin,

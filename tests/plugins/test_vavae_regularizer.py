@@ -30,8 +30,25 @@ def test_projection_and_grid(registry):
     assert reg.proj.bias is None and reg.proj.weight.shape == (6, 5, 1, 1)  # 1x1, d -> f, no bias
     f = reg.target_features(torch.rand(2, 1, 32, 32) * 2 - 1, (8, 8))  # 16x16 maps area-pooled onto 8x8
     assert f.shape == (2, 6, 8, 8) and not f.requires_grad
+    unbound = registry.get("regularizer", "vf-alignment").build(VF)
     with pytest.raises(Exception, match="latent channels"):
-        registry.get("regularizer", "vf-alignment").build(VF)
+        unbound(images=torch.zeros(1, 1, 16, 16), z_e=torch.zeros(1, 4, 4, 5))
+
+
+def test_attached_through_tokenizer_regularizers_the_slot_sizes_its_projection(registry):
+    """``tokenizer.regularizers=[{"name": "vf-alignment", ...}]``: the registry builds it, ``bind`` sizes the
+    projection from the tokenizer's latent (d = 4 here), and its terms appear in the tokenizer's loss."""
+    from dlbench.registry import attach_regularizers
+
+    tok = _vqvae()
+    attach_regularizers(registry, tok, [{"name": "vf-alignment", "params": VF}])
+    (name, weight, reg), = tok.regularizers
+    assert name == "vf-alignment" and weight == 0.1 and reg.proj.weight.shape == (6, 4, 1, 1)
+    assert any(p is reg.proj.weight for p in tok.parameters())  # trained (and saved) with the tokenizer
+    loss, terms = tok.training_loss(torch.rand(2, 1, 16, 16) * 2 - 1)
+    assert torch.isfinite(loss) and terms["vf-alignment"] > 0
+    loss.backward()
+    assert reg.proj.weight.grad is not None and reg.proj.weight.grad.abs().sum() > 0
 
 
 def _vqvae(seed=0):
@@ -128,7 +145,7 @@ def test_default_foundation_is_offline_inception_stem(registry):
 
 def test_regvq_passes_the_adaptive_keywords(registry):
     regvq = pytest.importorskip("dlbench_regvq.tokenizer")
-    cfg = regvq.RegVQConfig(channels=8, code_dim=4, codebook_size=16, contrastive={"weight": 0.0})
+    cfg = regvq.RegVQConfig(channels=8, code_dim=4, codebook_size=16)
     tok = regvq.RegVQTokenizer(cfg, channels=1, resolution=16)
     reg = registry.get("regularizer", "vf-alignment").build(VF, latent_channels=4)
     tok.add_regularizer("vf", 0.1, reg)
