@@ -330,6 +330,27 @@ def sample_tokens(
 
 
 @torch.no_grad()
+def _sharded_features(tokenizer: Tokenizer, tokens: torch.Tensor, protocol: Any, ctx: DistContext,
+                      events: Any) -> dict[str, torch.Tensor] | None:
+    """Under torchrun, the Inception features of the evaluated samples: each rank decodes and extracts its
+    share (``shard_indices``), rank 0 gathers them (:func:`dlbench.eval.api.sharded_generated_features`)
+    and computes the metrics. None with one process, without Inception metrics, on the clean-fid backend
+    (it extracts inside its own loop) or with too few samples (rank 0's evaluation then names the problem)."""
+    if (protocol is None or ctx.world_size == 1 or not protocol.inception_metrics
+            or protocol.backend != "torch-fidelity" or len(tokens) < protocol.num_generated):
+        return None
+    from dlbench.eval.api import sharded_generated_features
+
+    n = protocol.num_generated
+    mine = shard_indices(n, ctx.rank, ctx.world_size)
+    # a rank with no share (n < world size) still takes part in the gather, with an empty RGB batch
+    images = decode_tokens(tokenizer, tokens[mine], ctx.device) if len(mine) else torch.empty(0, 3, 1, 1,
+                                                                                             dtype=torch.uint8)
+    return sharded_generated_features(images, mine, n, protocol, ctx, device=ctx.device,
+                                      events=events if ctx.is_main else None)
+
+
+@torch.no_grad()
 def decode_tokens(tokenizer: Tokenizer, tokens: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
     """uint8 images ``"n c H W"`` from tokens ``"n h w"``."""
     return torch.cat([to_uint8_images(tokenizer.decode(tokens[i : i + batch_size].to(device)))
@@ -447,6 +468,7 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
         "compute": {**compute_record(method, result, grid, s, ctx), "budget": budget_record},
         "method_diagnostics": _safe_diagnostics(generator),
     }
+    gen_features = _sharded_features(tokenizer, tokens, protocol, ctx, emit)  # every rank takes part
     if not ctx.is_main:
         return metrics
     images = decode_tokens(tokenizer, tokens, ctx.device)
@@ -460,7 +482,7 @@ def execute(run_config: Any, run_dir: RunDir, *, resume: bool) -> dict[str, Any]
         n = protocol.num_generated
         with task("evaluate", None, "", info=f"protocol {protocol.name}, {n} samples"):
             ev = evaluate_samples(images[:n], s_labels[:n] if s_labels is not None else None, protocol, dataset,
-                                  device=ctx.device, events=emit)
+                                  device=ctx.device, events=emit, generated_features=gen_features)
         metrics.update(ev)
         # rank 0 alone from here: the token cache it may fill must not wait for the other ranks
         _calibrate(metrics, generator, tokens, tokenizer, dataset, key, protocol, rank_local(ctx), labels is not None,
