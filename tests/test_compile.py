@@ -28,8 +28,8 @@ def _train(method):
                  show_progress=False)
 
 
-@pytest.mark.slow  # Inductor compiles C++ for forward and backward: 157 s with a cold Inductor cache on the
-# shared 2-core machine (18 s once its on-disk graph cache is warm)
+@pytest.mark.slow  # Inductor compiles C++ for forward and backward: with a cold Inductor cache 40 s on the
+# shared 2-core machine at load ~4.5 (157 s seen at load ~8); ~5 s once its on-disk cache is warm
 @pytest.mark.skipif(shutil.which("g++") is None, reason="Inductor's CPU backend needs a C++ compiler (g++)")
 def test_backbone_compile_trains_the_compiled_denoiser_like_eager():
     from torch._dynamo.utils import counters
