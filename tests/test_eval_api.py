@@ -66,3 +66,29 @@ def test_evaluate_tokenizer_quick(ds):
     assert 0 < m["codebook_usage"] <= 100 and m["dead_codes"] == 8 - round(m["codebook_usage"] * 8 / 100)
     assert 5 < m["psnr"] < 40 and 0 < m["ssim"] < 1 and m["domain_rfd"] > 0
     assert "rfid" in r["unavailable"]
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_evaluate_tokenizer_trains_domain_classifier_under_no_grad(mode, monkeypatch, tmp_path):
+    """Regression: with an empty cache, evaluate_tokenizer (itself under no_grad) called inside no_grad /
+    inference mode still trains the domain classifier, and the trained classifier is the one no-grad-free
+    training gives (same weights, so the same domain_rfd)."""
+    from dlbench.eval.domain import train_domain_classifier
+
+    tiny = TinyFashion(256, 64)
+    cfg = DomainClassifierConfig(steps=4, batch_size=32, seed=7)
+    p = resolve_protocol("quick", num_generated=32)
+    monkeypatch.setenv("DLBENCH_CACHE", str(tmp_path / "cold"))
+    with mode():
+        r = evaluate_tokenizer(_PatchTokenizer(), tiny, "test", p, batch_size=16, domain_config=cfg)
+    assert list((tmp_path / "cold" / "domain").glob("classifier-*.pt")), "the classifier was not trained and cached"
+    monkeypatch.setenv("DLBENCH_CACHE", str(tmp_path / "grad"))
+    ref, _ = train_domain_classifier(tiny.split("train"), tiny.split("test"), fingerprint=tiny.fingerprint("train"),
+                                     channels=1, num_classes=10, config=cfg)
+    cached = sorted((tmp_path / "cold" / "domain").glob("classifier-*.pt"))[0]
+    from dlbench.eval.domain import load_domain_classifier
+
+    got, _ = load_domain_classifier(cached)
+    for a, b in zip(got.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+    assert r["metrics"]["domain_rfd"] > 0

@@ -78,3 +78,18 @@ def test_dry_run_names_the_tokenizer_and_token_grid(capsys, tmp_path):
     captured = capsys.readouterr()
     assert '"name": "vqgan"' in captured.out
     assert "tokenizer vqgan (f16, K=1024, d=256) -> 16x16 token grid" in captured.err
+
+
+def test_scaling_doc_carries_the_generated_table_and_names_no_internal_notes():
+    """docs/scaling.md is read by users without the design notes: its provenance table is the module's and
+    every source it names is given in full there."""
+    from pathlib import Path
+
+    from dlbench.paper_presets import SOURCES, provenance_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "scaling.md").read_text()
+    assert provenance_table() in doc
+    assert "METHODS.md" not in doc and "../shared" not in doc and "/work/" not in doc
+    assert not any("METHODS.md" in v for v in PROVENANCE.values())
+    for name, full in SOURCES.items():
+        assert f"- **{name}**: {full}." in doc

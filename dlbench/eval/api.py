@@ -19,7 +19,7 @@ from dlbench.eval.tokenizer_metrics import TokenizerMetricsAccumulator
 from dlbench.interfaces import ImageDataset, Tokenizer
 from dlbench.shipped import install_reference_features
 
-__all__ = ["evaluate_samples", "evaluate_tokenizer", "bind_reference", "quantize_uint8"]
+__all__ = ["evaluate_samples", "evaluate_tokenizer", "bind_reference", "quantize_uint8", "sharded_generated_features"]
 
 
 def _dataset_name(dataset: ImageDataset) -> str:
@@ -76,12 +76,15 @@ def evaluate_samples(
     batch_size: int = 64,
     domain_config: DomainClassifierConfig | None = None,
     events: Any = None,
+    generated_features: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Metrics of generated ``images`` (uint8 ``"n c H W"``, or float in [-1, 1]) under ``protocol``.
 
     Returns ``{"protocol_hash", "protocol", "metrics": {name: value}, "n", "unavailable":
     {name: reason}, "details"}``. The domain classifier trains on ``train_split``. ``events(kind, **fields)``
     (e.g. ``RunDir.event``) receives a ``features`` record (images/s) per Inception feature extraction.
+    ``generated_features``: the Inception features of ``images`` already extracted (by
+    :func:`sharded_generated_features` under torchrun); torch-fidelity backend only.
     """
     images = quantize_uint8(images)
     if images.dim() != 4 or images.shape[1] != reference.channels:
@@ -112,6 +115,7 @@ def evaluate_samples(
         m, u = compute_backend_metrics(
             to_uint8_rgb(images), ref, protocol, weights,
             reference_cache_name=cache_name, device=device, batch_size=batch_size, events=events,
+            generated_features=generated_features,
         )
         metrics.update(m)
         unavailable.update(u)
@@ -128,6 +132,34 @@ def evaluate_samples(
         "unavailable": unavailable,
         "details": details,
     }
+
+
+def sharded_generated_features(
+    shard: torch.Tensor,
+    indices: torch.Tensor,
+    n: int,
+    protocol: EvalProtocol,
+    ctx: Any,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    events: Any = None,
+) -> dict[str, torch.Tensor] | None:
+    """Under torchrun: every rank extracts the protocol's Inception features of its ``shard`` of the
+    ``n`` generated images (uint8 or float ``"m c H W"``, the samples at ``indices`` ``"m"``) and rank 0
+    gets all ``n`` in index order, to pass to :func:`evaluate_samples` as ``generated_features``
+    (others get None). Same uint8 round trip, network and feature mode as :func:`evaluate_samples`."""
+    if protocol.backend != "torch-fidelity" or not protocol.inception_metrics:
+        raise ProtocolError(f"sharded feature extraction needs Inception metrics on backend 'torch-fidelity', "
+                            f"got {protocol.backend!r} with {list(protocol.inception_metrics)}")
+    from dlbench.eval.backends import extract_inception_features_sharded, feature_mode
+    from dlbench.eval.inception import build_fid_inception
+
+    weights = resolve_inception_weights()
+    net = build_fid_inception(weights, feature_mode(protocol), float64=protocol.precision == "fp64")
+    logits = "isc" in protocol.inception_metrics and weights.has_logits
+    return extract_inception_features_sharded(to_uint8_rgb(quantize_uint8(shard)), indices, n, net, ctx,
+                                              batch_size=batch_size, device=device, logits=logits, events=events)
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ __all__ = [
     "compute_backend_metrics",
     "torch_fidelity_metrics",
     "extract_inception_features",
+    "extract_inception_features_sharded",
     "FeatureProgress",
     "feature_mode",
     "bf16_fid_deviation",
@@ -151,6 +152,37 @@ def extract_inception_features(
     return out
 
 
+def extract_inception_features_sharded(
+    shard: torch.Tensor | Dataset,
+    indices: torch.Tensor,
+    n: int,
+    net: FidInception,
+    ctx: Any,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    logits: bool = False,
+    label: str = "generated",
+    events: Callable[..., None] | None = None,
+) -> dict[str, torch.Tensor] | None:
+    """Features of ``n`` images extracted by all ranks of ``ctx`` (a :class:`dlbench.train.dist.DistContext`)
+    together: each rank passes its ``shard`` (uint8 ``"m c H W"``, the images at ``indices`` ``"m"`` of
+    ``range(n)``, e.g. ``dlbench.seeding.shard_indices``) and rank 0 receives the features of all ``n``
+    in index order (the dict of :func:`extract_inception_features`); other ranks get None.
+
+    Every image goes through the same network alone per row, so the gathered features are the ones one
+    process would extract (up to the kernel's batch-size dependence: see tests/test_eval_sharded.py)."""
+    data = _as_dataset(shard)
+    if len(data) != len(indices):
+        raise ProtocolError(f"sharded feature extraction: {len(data)} images for {len(indices)} indices")
+    from dlbench.train.dist import gather_to_main_by_index
+
+    local = extract_inception_features(data, net, batch_size=batch_size, device=device, logits=logits,
+                                       label=label, events=events if ctx.is_main else None)
+    out = {k: gather_to_main_by_index(v, indices, n, ctx) for k, v in sorted(local.items())}  # same order on all ranks
+    return out if ctx.is_main else None
+
+
 def reference_feature_file(name: str) -> Path:
     """Where the torch-fidelity backend caches a reference set's features: ``.npz`` (loaded with
     ``allow_pickle=False``) holding ``"2048": float32 "n 2048"`` (and ``"logits_unbiased"`` when asked)."""
@@ -252,10 +284,15 @@ def torch_fidelity_metrics(
     device: torch.device | str = "cpu",
     batch_size: int = 64,
     events: Callable[..., None] | None = None,
+    generated_features: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """torch-fidelity's metric functions (FID statistics and distance, KID, precision/recall, IS) on
     features of dlbench's :class:`FidInception` (torch-fidelity's network, folded and fused; within 1e-4
     of its own extractor in exact mode). Returns ``(metrics, unavailable)``.
+
+    ``generated_features`` (``{"2048": "n 2048"[, "logits_unbiased": "n 1008"]}``, e.g. gathered from
+    all ranks by :func:`extract_inception_features_sharded` under torchrun) replaces the extraction of
+    the generated images' features; it must come from this protocol's feature mode.
 
     Reference features are cached as ``.npz`` (no pickle) under ``<cache>/features/<reference_cache_name>``
     (+ ``-bf16`` in fast mode: the reference of a fast-mode protocol is extracted in the same mode).
@@ -281,7 +318,15 @@ def torch_fidelity_metrics(
     mode = feature_mode(protocol)
     net = build_fid_inception(weights, mode, float64=protocol.precision == "fp64")
     opts = dict(batch_size=batch_size, device=device, events=events)
-    f_gen = extract_inception_features(gen, net, logits="isc" in wanted, label="generated", **opts)
+    if generated_features is None:
+        f_gen = extract_inception_features(gen, net, logits="isc" in wanted, label="generated", **opts)
+    else:
+        need = {"2048", *(("logits_unbiased",) if "isc" in wanted else ())}
+        if not need <= set(generated_features) or any(len(generated_features[k]) != len(gen) for k in need):
+            raise ProtocolError(
+                f"generated_features must hold {sorted(need)} for the {len(gen)} generated images, got "
+                f"{ {k: tuple(v.shape) for k, v in generated_features.items()} }")
+        f_gen = generated_features
     f_ref = None
     path = None
     if reference_cache_name is not None and {"fid", "kid", "prc"} & wanted:
@@ -333,6 +378,8 @@ def compute_backend_metrics(
         from dlbench.eval.cleanfid_backend import clean_fid_metrics
 
         kwargs.pop("events", None)  # clean-fid extracts inside its own loop
+        if kwargs.pop("generated_features", None) is not None:
+            raise ProtocolError("precomputed (sharded) generated features exist for backend 'torch-fidelity' only")
         return clean_fid_metrics(generated, reference, protocol, weights, **kwargs)
     fn = {"torch-fidelity": torch_fidelity_metrics}[protocol.backend]
     return fn(generated, reference, protocol, weights, **kwargs)

@@ -134,7 +134,7 @@ def train_domain_classifier(
     config = config or DomainClassifierConfig()
     key = _key(fingerprint, channels, num_classes, config)
     path = cache_dir() / "domain" / f"classifier-{key}.pt"
-    from dlbench.observe.progress import note, task
+    from dlbench.observe.progress import note
 
     if cache and path.is_file():
         note("domain_classifier", f"skipped: reused cached classifier {key}")
@@ -144,6 +144,34 @@ def train_domain_classifier(
 
         if install_domain_classifier(key, path):  # a sha256-checked shipped copy of this exact key
             return load_domain_classifier(path)
+
+    # Callers may hold torch.no_grad() or torch.inference_mode() (evaluate_tokenizer runs under no_grad):
+    # training needs autograd, and parameters/inputs created under inference mode could never require
+    # grad, so the whole training region re-enables both.
+    with torch.inference_mode(False), torch.enable_grad():
+        model, acc, t0 = _fit_classifier(train, test, channels, num_classes, config, key)
+    info = {
+        "key": key,
+        "fingerprint": fingerprint,
+        "config": config.model_dump(),
+        "channels": channels,
+        "num_classes": num_classes,
+        "test_accuracy": acc,
+        "train_seconds": time.perf_counter() - t0,
+    }
+    if cache:
+        from dlbench.fsutil import atomic_write
+
+        with atomic_write(path) as fh:
+            torch.save({"state_dict": model.state_dict(), "info": info}, fh)
+        info["path"] = str(path)
+    return model, info
+
+
+def _fit_classifier(train: Dataset, test: Dataset | None, channels: int, num_classes: int,
+                    config: DomainClassifierConfig, key: str) -> tuple[DomainCNN, float | None, float]:
+    """The training loop of :func:`train_domain_classifier`: ``(model, test accuracy or None, start time)``."""
+    from dlbench.observe.progress import task
 
     t0 = time.perf_counter()
     x, y = stack_split(train, config.max_train_images)
@@ -173,22 +201,7 @@ def train_domain_classifier(
         xt, yt = stack_split(test, config.max_test_images)
         with torch.no_grad():
             acc = (model(xt)[1].argmax(1) == yt).double().mean().item()
-    info = {
-        "key": key,
-        "fingerprint": fingerprint,
-        "config": config.model_dump(),
-        "channels": channels,
-        "num_classes": num_classes,
-        "test_accuracy": acc,
-        "train_seconds": time.perf_counter() - t0,
-    }
-    if cache:
-        from dlbench.fsutil import atomic_write
-
-        with atomic_write(path) as fh:
-            torch.save({"state_dict": model.state_dict(), "info": info}, fh)
-        info["path"] = str(path)
-    return model, info
+    return model, acc, t0
 
 
 def load_domain_classifier(path: str | os.PathLike) -> tuple[DomainCNN, dict]:

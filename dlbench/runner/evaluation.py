@@ -37,15 +37,41 @@ def resolve_run_protocol(cfg: RunConfig) -> EvalProtocol:
 
 
 def evaluate_generated(images: torch.Tensor, labels: torch.Tensor | None, protocol: EvalProtocol,
-                       dataset: ImageDataset, ctx: DistContext, emit: Callable[..., None]) -> dict[str, Any]:
-    """The protocol's metrics of a run's first ``num_generated`` images (rank 0)."""
+                       dataset: ImageDataset, ctx: DistContext, emit: Callable[..., None],
+                       generated_features: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """The protocol's metrics of a run's first ``num_generated`` images (rank 0); ``generated_features``: their
+    Inception features already extracted across ranks (:func:`sharded_features`)."""
     from dlbench.eval.api import evaluate_samples
     from dlbench.observe.progress import task
 
     n = protocol.num_generated
     with task("evaluate", None, "", info=f"protocol {protocol.name}, {n} samples"):
         return evaluate_samples(images[:n], labels[:n] if labels is not None else None, protocol, dataset,
-                                device=ctx.device, events=emit)
+                                device=ctx.device, events=emit, generated_features=generated_features)
+
+
+@torch.no_grad()
+def sharded_features(tokenizer: Tokenizer, tokens: torch.Tensor, protocol: EvalProtocol | None, ctx: DistContext,
+                     events: Any) -> dict[str, torch.Tensor] | None:
+    """Under torchrun, the Inception features of the evaluated samples: each rank decodes and extracts its
+    share (``shard_indices``), rank 0 gathers them (:func:`dlbench.eval.api.sharded_generated_features`)
+    and computes the metrics. Every rank must call this. None with one process, without Inception metrics,
+    on the clean-fid backend (it extracts inside its own loop) or with too few samples (rank 0's evaluation
+    then names the problem)."""
+    if (protocol is None or ctx.world_size == 1 or not protocol.inception_metrics
+            or protocol.backend != "torch-fidelity" or len(tokens) < protocol.num_generated):
+        return None
+    from dlbench.eval.api import sharded_generated_features
+    from dlbench.runner.sampling import decode_tokens
+    from dlbench.seeding import shard_indices
+
+    n = protocol.num_generated
+    mine = shard_indices(n, ctx.rank, ctx.world_size)
+    # a rank with no share (n < world size) still takes part in the gather, with an empty RGB batch
+    images = (decode_tokens(tokenizer, tokens[mine], ctx.device) if len(mine)
+              else torch.empty(0, 3, 1, 1, dtype=torch.uint8))
+    return sharded_generated_features(images, mine, n, protocol, ctx, device=ctx.device,
+                                      events=events if ctx.is_main else None)
 
 
 def calibrate(metrics: dict[str, Any], generator: Method, tokens: torch.Tensor, tokenizer: Tokenizer,

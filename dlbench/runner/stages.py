@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dlbench.runner.common import console, events_for, failed, safe_diagnostics
-from dlbench.runner.evaluation import calibrate, evaluate_generated, resolve_run_protocol
+from dlbench.runner.evaluation import calibrate, evaluate_generated, resolve_run_protocol, sharded_features
 from dlbench.runner.generator_stage import build_method, compute_record, engine_record, method_labels, nfe
 from dlbench.runner.generator_stage import train_generator
 from dlbench.runner.sampling import decode_tokens, sample_labels, sample_tokens, write_samples
@@ -92,6 +92,7 @@ def execute(cfg: RunConfig, registry: Registry, run_dir: RunDir, *, resume: bool
         "compute": {**compute_record(method, result, grid, s, ctx), "budget": budget_record},
         "method_diagnostics": safe_diagnostics(generator),
     }
+    gen_features = sharded_features(tokenizer, tokens, protocol, ctx, emit)  # every rank takes part
     if not ctx.is_main:
         return metrics
     images = decode_tokens(tokenizer, tokens, ctx.device)
@@ -101,7 +102,7 @@ def execute(cfg: RunConfig, registry: Registry, run_dir: RunDir, *, resume: bool
 
     # 5. evaluation and calibration
     if protocol is not None:
-        ev = evaluate_generated(images, s_labels, protocol, dataset, ctx, emit)
+        ev = evaluate_generated(images, s_labels, protocol, dataset, ctx, emit, generated_features=gen_features)
         metrics.update(ev)
         # rank 0 alone from here: the token cache it may fill must not wait for the other ranks
         calibrate(metrics, generator, tokens, tokenizer, dataset, key, protocol, rank_local(ctx), labels is not None,

@@ -124,6 +124,27 @@ def gather_by_index(values: torch.Tensor, indices: torch.Tensor, n: int, ctx: Di
     return out
 
 
+def gather_to_main_by_index(values: torch.Tensor, indices: torch.Tensor, n: int,
+                            ctx: DistContext) -> torch.Tensor | None:
+    """Like :func:`gather_by_index`, but only rank 0 receives the ``"n ..."`` tensor (``gather_object``;
+    other ranks get None): for large per-sample results such as Inception features of 50k samples, which
+    only rank 0 needs to compute the metrics."""
+    if not ctx.enabled:
+        return gather_by_index(values, indices, n, ctx)
+    parts: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object((indices.cpu(), values.cpu()), parts, dst=0)
+    if not ctx.is_main:
+        return None
+    out = torch.empty((n, *values.shape[1:]), dtype=values.dtype)
+    filled = torch.zeros(n, dtype=torch.bool)
+    for idx, val in parts:  # type: ignore[union-attr]
+        out[idx] = val
+        filled[idx] = True
+    if not bool(filled.all()):
+        raise RuntimeError(f"gather_to_main_by_index: {int((~filled).sum())} of {n} rows missing")
+    return out
+
+
 def rank_local(ctx: "DistContext") -> "DistContext":
     """A one-process context on ``ctx``'s device, for work that rank 0 does alone while the other ranks
     are elsewhere (curve points, evaluation): with it nothing can enter a collective and deadlock."""
