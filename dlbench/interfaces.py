@@ -122,10 +122,15 @@ class Tokenizer(nn.Module, ABC):
 
     Built as ``cls(config, channels=int, resolution=int)``.
     Images are float in [-1, 1], ``"b c H W"``; tokens are long ``"b h w"`` in ``[0, codebook_size)``.
+
+    ``latent_kind``: ``"discrete"`` (token ids, as above) or ``"continuous"``: ``encode`` gives float latents
+    ``"b h w d"`` (``d = latent_dim``), ``codebook_size`` is 0, and only methods with ``requires.inputs ==
+    "latents"`` train on them (the runner caches them as float arrays; docs/methods/vavae.md).
     """
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("encode", "decode", "codebook", "token_grid", "training_loss")
     Config: ClassVar[type[ComponentConfig]] = EmptyConfig
+    latent_kind: ClassVar[str] = "discrete"
     codebook_size: int
     #: where imported weights came from (a released checkpoint), None when dlbench trains the tokenizer
     imported: dict[str, Any] | None = None
@@ -304,12 +309,13 @@ class Regularizer(nn.Module, ABC):
 class MethodRequirements:
     """What a method needs, so the runner rejects impossible combinations before training.
 
-    ``inputs``: ``token_ids`` (discrete methods) or ``embeddings`` (continuous over a table).
+    ``inputs``: ``token_ids`` (discrete methods), ``embeddings`` (continuous over a table) or ``latents``
+    (float latents ``"b h w d"`` of a continuous tokenizer, e.g. ``lightningdit`` on ``kl-vae``).
     ``conditioning``: ``none`` (unconditional only), ``class`` (needs labels), ``optional``.
     ``needs_codebook``: needs ``tokenizer.codebook()`` (fixed-embedding baselines).
     """
 
-    inputs: Literal["token_ids", "embeddings"] = "token_ids"
+    inputs: Literal["token_ids", "embeddings", "latents"] = "token_ids"
     conditioning: Literal["none", "class", "optional"] = "optional"
     needs_codebook: bool = False
 

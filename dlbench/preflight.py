@@ -153,10 +153,9 @@ def check_batch_memory(cfg: Any, dataset: Any) -> None:
 
 
 #: whether the run pipeline runs methods over continuous latents (``requires.inputs == "latents"``, e.g.
-#: ``lightningdit``). False until it has a float latent cache and latent sampling (docs/methods/vavae.md,
-#: "Wiring LightningDiT into the run pipeline"): such a run is refused here instead of failing after the
-#: tokenizer is trained.
-LATENT_METHODS_SUPPORTED = False
+#: ``lightningdit``): it has a float latent cache and latent sampling (docs/methods/vavae.md, "Wiring
+#: LightningDiT into the run pipeline"). Set False to refuse such runs here, before the tokenizer is trained.
+LATENT_METHODS_SUPPORTED = True
 
 
 def _check_latent_kind(cfg: Any, registry: Any) -> None:

@@ -5,6 +5,9 @@ Layout next to the cached tokenizer (``$DLBENCH_CACHE/tokenizers/<key>/``)::
     tokens-<split>-<fingerprint>.npy   "n h w" in the smallest unsigned dtype that holds K codes
     labels-<split>-<fingerprint>.npy   "n" int64 (-1 = unlabelled)
 
+Continuous tokenizers (``latent_kind == "continuous"``) get float32 ``latents-`` / ``latents_flip-`` files of
+normalised posterior samples instead (:func:`extract_latents`, read through :class:`LatentArray`).
+
 Plain ``.npy`` files (``allow_pickle=False``). :class:`TokenArray` opens them with ``mmap_mode="r"``:
 a training batch reads only its own rows through the page cache, so ImageNet's 1.28M x 16 x 16 grid
 (655 MB as uint16) costs no process memory. Extraction is sharded like sampling
@@ -145,3 +148,108 @@ def _assemble(folder: Path, tok_path: Path, lab_path: Path, world: int, dtype: t
     _atomic_save(lab_path, labels)
     for p in parts:
         p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# continuous latents (tokenizers with ``latent_kind == "continuous"``)
+# ---------------------------------------------------------------------------------------------
+
+#: images per posterior-noise block: block ``k`` holds dataset indices ``[k B, (k + 1) B)`` and is encoded with
+#: one generator seeded by ``(encode seed, k)``, so the cache is independent of batch size and world size
+LATENT_BLOCK = 64
+
+
+class LatentArray:
+    """Read-only memory-mapped float latents ``"n h w d"``; indexing returns float32 tensors.
+
+    With ``flip`` (the latents of the horizontally flipped images, same shape) it has ``2n`` rows: row
+    ``i < n`` is image ``i``, row ``n + i`` its flip -- the training set of a latent method, as VA-VAE trains
+    on ``latents`` and ``latents_flip``."""
+
+    def __init__(self, path: str | os.PathLike, flip: str | os.PathLike | None = None):
+        self.path = Path(path)
+        self.array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        self.flip = None if flip is None else np.load(Path(flip), mmap_mode="r", allow_pickle=False)
+        self.n = int(self.array.shape[0])
+
+    def __len__(self) -> int:
+        return self.n * (1 if self.flip is None else 2)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.array.shape[1:])
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        if self.flip is None:
+            return torch.from_numpy(np.array(self.array[index], dtype=np.float32))
+        rows = np.arange(len(self))[index]
+        scalar = np.ndim(rows) == 0
+        rows = np.atleast_1d(rows)
+        out = np.empty((len(rows), *self.array.shape[1:]), dtype=np.float32)
+        own = rows < self.n
+        out[own] = self.array[rows[own]]
+        out[~own] = self.flip[rows[~own] - self.n]
+        return torch.from_numpy(out[0] if scalar else out)
+
+    def to_tensor(self) -> torch.Tensor:
+        return self[slice(None)]
+
+
+def latent_paths(folder: Path, split: str, fingerprint: str, seed: int) -> tuple[Path, Path, Path]:
+    """``latents-``, ``latents_flip-`` and ``labels-`` files of a split; the encode seed is part of the name."""
+    stem = f"{split}-{fingerprint[:16]}-seed{seed}"
+    return folder / f"latents-{stem}.npy", folder / f"latents_flip-{stem}.npy", folder / f"latent_labels-{stem}.npy"
+
+
+@torch.no_grad()
+def extract_latents(
+    encode: Callable[..., torch.Tensor], split_dataset: Any, folder: Path, split: str, fingerprint: str, *,
+    seed: int, ctx: Any, device: torch.device,
+) -> tuple[Path, Path, torch.Tensor]:
+    """Encode every image of ``split_dataset`` and its horizontal flip once into float32 ``.npy`` files of
+    **normalised posterior samples** ``encode(x, sample=True, generator=g) "b h w d"`` (VA-VAE's latent
+    extraction); ``g`` is seeded by ``(seed, block)`` per :data:`LATENT_BLOCK` images, blocks sharded over
+    ranks. Returns ``(latents path, flipped latents path, labels long "n")``; reuses the files when present."""
+    from dlbench.observe.progress import task
+
+    lat_path, flip_path, lab_path = latent_paths(folder, split, fingerprint, seed)
+    if not (lat_path.is_file() and flip_path.is_file() and lab_path.is_file()):
+        folder.mkdir(parents=True, exist_ok=True)
+        load = getattr(split_dataset, "load", None) or split_dataset.__getitem__
+        n = len(split_dataset)
+        blocks = list(range(ctx.rank, -(-n // LATENT_BLOCK), ctx.world_size))
+        kept, lats, flips, labs = [], [], [], []
+        with task("tokenize", len(blocks) * LATENT_BLOCK, "images", info=f"{split} split latents") as bar:
+            for j, k in enumerate(blocks):
+                items = [(i, load(i)) for i in range(k * LATENT_BLOCK, min(n, (k + 1) * LATENT_BLOCK))]
+                items = [(i, it) for i, it in items if it is not None]
+                bar.update((j + 1) * LATENT_BLOCK)
+                if not items:
+                    continue
+                x = torch.stack([it[0] for _, it in items]).to(device).float() / 127.5 - 1.0
+                g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
+                lats.append(encode(x, sample=True, generator=g).float().cpu().numpy())
+                flips.append(encode(x.flip(-1), sample=True, generator=g).float().cpu().numpy())
+                kept += [i for i, _ in items]
+                labs += [int(it[1]) for _, it in items]
+        part = folder / f".{lat_path.stem}.part{ctx.rank}.npz"
+        shape = lats[0].shape[1:] if lats else (0, 0, 0)
+        np.savez(part, index=np.asarray(kept, dtype=np.int64), labels=np.asarray(labs, dtype=np.int64),
+                 latents=np.concatenate(lats) if lats else np.zeros((0, *shape), np.float32),
+                 flip=np.concatenate(flips) if flips else np.zeros((0, *shape), np.float32))
+        ctx.barrier()
+        if ctx.is_main:
+            parts = [np.load(folder / f".{lat_path.stem}.part{r}.npz", allow_pickle=False)
+                     for r in range(ctx.world_size)]
+            index = np.concatenate([p["index"] for p in parts])
+            order = np.argsort(index, kind="stable")
+            full = [p for p in parts if len(p["index"])]
+            for name, path in (("latents", lat_path), ("flip", flip_path)):
+                _atomic_save(path, np.concatenate([p[name] for p in full])[order].astype(np.float32))
+            _atomic_save(lab_path, np.concatenate([p["labels"] for p in parts])[order])
+            for r in range(ctx.world_size):
+                (folder / f".{lat_path.stem}.part{r}.npz").unlink(missing_ok=True)
+        ctx.barrier()
+    return lat_path, flip_path, torch.from_numpy(np.load(lab_path, allow_pickle=False)).long()

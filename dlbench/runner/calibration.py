@@ -20,6 +20,7 @@ from dlbench.eval.anchors import (
 )
 from dlbench.eval.token_metrics import token_metrics
 from dlbench.interfaces import ImageDataset, Method, Tokenizer
+from dlbench.runner.common import is_continuous
 from dlbench.train.dist import DistContext, rank_local
 
 if TYPE_CHECKING:
@@ -72,6 +73,21 @@ def token_evaluation(
         metrics["nll_bound_se"] = bound.stderr
         details["nll_bound"] = {"estimator": bound.estimator, "n_grids": bound.n, "stderr": bound.stderr}
     return {"metrics": metrics, "unavailable": unavailable, "details": details}
+
+
+#: the reasons given when a run over continuous latents skips the token-id metrics (a method's own
+#: ``unavailable_metrics`` takes precedence)
+CONTINUOUS_UNAVAILABLE: dict[str, str] = {
+    "token_kl_unigram": "continuous latents: no token ids, so no token statistics to compare",
+    "token_kl_pair": "continuous latents: no token ids, so no token statistics to compare",
+    "nll_bound": "continuous latents: no discrete-token likelihood",
+}
+
+
+def continuous_unavailable(generator: Method) -> dict[str, str]:
+    """``{metric: reason}`` for the token metrics and NLL bound a run over continuous latents does not have."""
+    own = getattr(generator, "unavailable_metrics", None) or {}
+    return {**CONTINUOUS_UNAVAILABLE, **{str(k): str(v) for k, v in dict(own).items()}}
 
 
 def anchors_for(
@@ -148,6 +164,14 @@ def _compute_anchor_record(
     split, start, stop = plan["anchor"]
     images, labels = load_split_tensors(dataset, split, limit=stop)
     images, labels = images[start:stop], labels[start:stop].long()
+    if is_continuous(tokenizer):
+        rows = continuous_anchor_rows(images, labels, tokenizer, dataset, split, start, stop, key, protocol, ctx)
+        record = {"version": "anchors-v1", "key": akey, "protocol_hash": protocol.hash(), "tokenizer_key": key,
+                  "fingerprints": fingerprints, "n": n, "seed": seed,
+                  "real_images": {"split": split, "start": start, "stop": stop}, "rows": rows}
+        if ctx.is_main:
+            save_anchors(folder / f"{akey}.json", record)
+        return record
     all_tokens, _ = tokenize_split(tokenizer, dataset, split, key, ctx)
     real_tokens = all_tokens[start:stop]
     train_tokens, train_labels = tokenize_split(tokenizer, dataset, "train", key, ctx)
@@ -179,6 +203,33 @@ def _compute_anchor_record(
     return record
 
 
+def continuous_anchor_rows(
+    images: torch.Tensor, labels: torch.Tensor, tokenizer: Tokenizer, dataset: ImageDataset, split: str, start: int,
+    stop: int, key: str, protocol: EvalProtocol, ctx: DistContext,
+) -> dict[str, dict[str, Any]]:
+    """Anchor rows of a continuous tokenizer: ``real`` (the held-out images) and ``reconstruction`` (their cached
+    latents decoded: its FID is the tokenizer's rFID) under the protocol; the token columns are unavailable in
+    both, and the token-histogram rows ``class_marginals`` / ``marginals`` do not exist for float latents."""
+    from dlbench.eval.api import evaluate_samples
+    from dlbench.runner.sampling import decode_tokens
+    from dlbench.runner.tokens import tokenize_split
+
+    labelled = bool(dataset.num_classes) and bool((labels >= 0).all())
+    no_tokens = {k: v for k, v in CONTINUOUS_UNAVAILABLE.items()}
+    latents, _ = tokenize_split(tokenizer, dataset, split, key, ctx)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, imgs in (("real", images), ("reconstruction", None)):
+        if imgs is None:
+            imgs = decode_tokens(tokenizer, latents[start:stop], ctx.device)
+        ev = evaluate_samples(imgs, labels if labelled else None, protocol, dataset, device=ctx.device)
+        rows[name] = {"metrics": {k: float(v) for k, v in (ev.get("metrics") or {}).items()
+                                  if isinstance(v, (int, float))},
+                      "unavailable": {**(ev.get("unavailable") or {}), **no_tokens}}
+    for name in ("class_marginals", "marginals"):
+        rows[name] = {"metrics": {}, "unavailable": {"*": "continuous latents: no token histogram to sample"}}
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # compute budgets
 # ---------------------------------------------------------------------------------------------
@@ -186,8 +237,10 @@ def _compute_anchor_record(
 
 def flops_per_image(method: Method, grid: tuple[int, int]) -> float:
     """Training FLOPs per image: ``6 * params * positions * forwards_per_step`` (the FLOPs column's rule)."""
+    from dlbench.runner.generator_stage import method_positions
+
     params = sum(p.numel() for p in method.parameters() if p.requires_grad)
-    return 6.0 * params * grid[0] * grid[1] * float(method.forwards_per_step)
+    return 6.0 * params * method_positions(method, grid) * float(method.forwards_per_step)
 
 
 def effective_training(training: Any, method: Method, grid: tuple[int, int]) -> tuple[Any, dict[str, Any] | None]:
@@ -250,8 +303,10 @@ class CurveRecorder:
         self.done = 0
         self.last_step = -1
         self._ref: torch.Tensor | None = None
-        update = {"num_generated": self.n, "inception_metrics": ()}
-        if not protocol.domain_metrics and protocol.token_metrics is None:
+        update: dict[str, Any] = {"num_generated": self.n, "inception_metrics": ()}
+        if is_continuous(tokenizer):  # float latents: the curve points carry the domain metrics alone
+            update["token_metrics"] = None
+        if not protocol.domain_metrics and update.get("token_metrics", protocol.token_metrics) is None:
             self.points = 0
         self.protocol = protocol.model_copy(update=update)
 

@@ -28,6 +28,11 @@ def cache_root() -> Path:
     return cache_dir()
 
 
+def is_continuous(tokenizer: Any) -> bool:
+    """The tokenizer declares float latents (``Tokenizer.latent_kind == "continuous"``), not token ids."""
+    return getattr(tokenizer, "latent_kind", "discrete") == "continuous"
+
+
 def to_float_images(u8: torch.Tensor) -> torch.Tensor:
     """uint8 ``"b c H W"`` -> float in [-1, 1]."""
     return u8.float() / 127.5 - 1.0

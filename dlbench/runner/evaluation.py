@@ -79,9 +79,12 @@ def calibrate(metrics: dict[str, Any], generator: Method, tokens: torch.Tensor, 
               cfg: RunConfig, curves: Any = None) -> None:
     """Token metrics + NLL bound into ``metrics`` (protocol-hashed like the rest) and the anchor rows
     (:mod:`dlbench.runner.calibration`); anchors never lose a finished run."""
-    from dlbench.runner.calibration import anchors_for, token_evaluation
+    from dlbench.runner.calibration import anchors_for, continuous_unavailable, token_evaluation
+    from dlbench.runner.common import is_continuous
 
-    if protocol.token_metrics is not None:
+    if is_continuous(tokenizer):  # float latents: no token statistics, no discrete NLL bound
+        metrics.setdefault("unavailable", {}).update(continuous_unavailable(generator))
+    elif protocol.token_metrics is not None:
         te = token_evaluation(generator, tokens, tokenizer, dataset, key, protocol, ctx, conditional)
         metrics["metrics"].update(te["metrics"])
         metrics.setdefault("unavailable", {}).update(te["unavailable"])
@@ -125,7 +128,8 @@ def evaluate_run(run_dir: RunDir, registry: Registry, *, protocol: str | None = 
         method, tokenizer, _, _, _ = load_trained_method(run_dir, registry)
         key = tokenizer_key(cfg, dataset)
         conditional = labels is not None and method_labels(method, labels) is not None
-        calibrate(ev, method, torch.from_numpy(data["tokens"]), tokenizer, dataset, key, proto, ctx, conditional, cfg)
+        sampled = data["latents"] if "latents" in data else data["tokens"]
+        calibrate(ev, method, torch.from_numpy(sampled), tokenizer, dataset, key, proto, ctx, conditional, cfg)
     if own:
         try:
             metrics = run_dir.read_json("metrics.json", {}) or {}

@@ -46,10 +46,12 @@ def build_method(cfg: RunConfig, registry: Registry, tokenizer: Tokenizer, datas
 
 def compile_denoisers(method: nn.Module) -> int:
     """``torch.compile`` every :class:`TokenDenoiser` inside ``method`` in place (``nn.Module.compile``:
-    parameter names, hence checkpoints, are unchanged). Returns how many were compiled."""
+    parameter names, hence checkpoints, are unchanged), and every module whose class sets
+    ``dlbench_compile = True`` (a plugin's backbone, e.g. LightningDiT's). Returns how many were compiled."""
     from dlbench.nn.denoiser import TokenDenoiser
 
-    found = [m for m in method.modules() if isinstance(m, TokenDenoiser)]
+    found = [m for m in method.modules()
+             if isinstance(m, TokenDenoiser) or getattr(type(m), "dlbench_compile", False) is True]
     for m in found:
         m.compile(dynamic=False)
     return len(found)
@@ -94,7 +96,7 @@ def compute_record(method: Method, result: Any, grid: tuple[int, int], sampling:
     6 * params * tokens processed (forward + backward), times the method's forward passes per step
     (``forwards_per_step``, e.g. 2 when a teacher is evaluated as well); it ignores attention."""
     params = sum(p.numel() for p in method.parameters() if p.requires_grad)
-    positions = grid[0] * grid[1]
+    positions = method_positions(method, grid)
     forwards = float(method.forwards_per_step)
     tokens_seen = result.images_seen * positions
     return {
@@ -107,6 +109,13 @@ def compute_record(method: Method, result: Any, grid: tuple[int, int], sampling:
         "train_flops_rule": "6 * params * images_seen * positions * forwards_per_step",
         "world_size": ctx.world_size,
     }
+
+
+def method_positions(method: Method, grid: tuple[int, int]) -> int:
+    """Positions the FLOPs rule counts: the method's own ``positions`` when it declares one (e.g. a patchified
+    latent DiT: ``(h / p) * (w / p)``), else the token grid's ``h * w``."""
+    positions = getattr(method, "positions", None)
+    return int(positions) if isinstance(positions, int) else grid[0] * grid[1]
 
 
 def engine_record(precision: str, ctx: DistContext) -> dict[str, Any]:

@@ -88,6 +88,11 @@ def tune_run(run_path: Any, registry: Registry, *, samples: int = 256,
         return cached
     if not grid:
         return {"id": ident, "unavailable": f"{cfg.method.name} declares no sampler grid"}
+    from dlbench.runner.common import is_continuous
+
+    if is_continuous(tokenizer):
+        return {"id": ident, "unavailable": f"continuous latents: the tuning objective ({OBJECTIVE} of sampled "
+                                            "token ids) does not exist for float latents"}
     protocol = resolve_run_protocol(cfg)
     n_eval = protocol.num_generated
     plan = heldout_plan(split_lengths(dataset), protocol.reference_split, protocol.num_reference, n_eval, samples)

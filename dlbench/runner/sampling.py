@@ -1,5 +1,8 @@
 """Stage 4: sample tokens from a trained method (per-index seeds, sharded over ranks), decode them to
-uint8 images and write ``samples.npz`` / ``samples.png``."""
+uint8 images and write ``samples.npz`` / ``samples.png``.
+
+A method over continuous latents (``requires.inputs == "latents"``) returns float latents ``"n h w d"``
+instead of token ids; they are decoded the same way (``tokenizer.decode``) and stored as ``latents``."""
 
 from __future__ import annotations
 
@@ -55,7 +58,8 @@ def sample_tokens(
     if out:
         mine_tokens = torch.cat(out)
     else:  # an idle rank still takes part in the gather
-        mine_tokens = torch.empty((0,), dtype=torch.long)
+        on_latents = getattr(type(method).requires, "inputs", "token_ids") == "latents"
+        mine_tokens = torch.empty((0,), dtype=torch.float32 if on_latents else torch.long)
     if ctx.world_size == 1:
         return mine_tokens
     return gather_by_index(mine_tokens, mine, n, ctx)
@@ -70,9 +74,10 @@ def decode_tokens(tokenizer: Tokenizer, tokens: torch.Tensor, device: torch.devi
 
 def write_samples(run_dir: RunDir, tokens: torch.Tensor, images: torch.Tensor, labels: torch.Tensor | None,
                   stem: str = "samples") -> None:
-    """``<stem>.npz`` (tokens, images, labels; no pickles) and a PNG grid of the first 64 images."""
+    """``<stem>.npz`` (tokens -- or ``latents`` when they are float --, images, labels; no pickles) and a PNG
+    grid of the first 64 images."""
     buf = io.BytesIO()
-    arrays = {"tokens": tokens.numpy(), "images": images.numpy()}
+    arrays = {"latents" if tokens.is_floating_point() else "tokens": tokens.numpy(), "images": images.numpy()}
     if labels is not None:
         arrays["labels"] = labels.numpy()
     np.savez_compressed(buf, **arrays)

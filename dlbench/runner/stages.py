@@ -18,7 +18,7 @@ from dlbench.runner.generator_stage import build_method, compute_record, engine_
 from dlbench.runner.generator_stage import train_generator
 from dlbench.runner.sampling import decode_tokens, sample_labels, sample_tokens, write_samples
 from dlbench.runner.tokenizer_stage import get_tokenizer, write_recon_grid
-from dlbench.runner.tokens import heldout_tokens, skipped_report, tokenize_split
+from dlbench.runner.tokens import heldout_tokens, skipped_report, training_inputs
 from dlbench.runs import EVENT_EVALUATION, RunDir
 from dlbench.train.dist import init_distributed, rank_local
 from dlbench.train.loop import TrainingDiverged
@@ -47,7 +47,8 @@ def execute(cfg: RunConfig, registry: Registry, run_dir: RunDir, *, resume: bool
     except TrainingDiverged as exc:
         return failed(run_dir, ctx, f"tokenizer training: {exc}", exc.step)
     grid = tokenizer.token_grid(dataset.resolution, dataset.resolution)
-    train_tokens, train_labels = tokenize_split(tokenizer, dataset, "train", key, ctx)
+    # token ids; for a continuous tokenizer float latents "n h w d" (and their flips)
+    train_tokens, train_labels = training_inputs(tokenizer, dataset, key, ctx)
     if ctx.is_main:
         write_recon_grid(tokenizer, dataset, run_dir.file("recon.png"), ctx)
         emit("recon", path=str(run_dir.file("recon.png")))

@@ -1,5 +1,9 @@
 """Stage 2: token arrays of a dataset split, extracted once by the run's tokenizer into the memory-mapped
-token cache next to it (:mod:`dlbench.data.token_cache`), and the ``--skip-bad`` bookkeeping."""
+token cache next to it (:mod:`dlbench.data.token_cache`), and the ``--skip-bad`` bookkeeping.
+
+A continuous tokenizer (``latent_kind == "continuous"``) gets the float latent cache instead: the same
+functions then return a :class:`~dlbench.data.token_cache.LatentArray` of normalised posterior samples
+``"n h w d"`` wherever a discrete run gets token ids."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 import torch
 
 from dlbench.interfaces import ImageDataset, Tokenizer
-from dlbench.runner.common import cache_root
+from dlbench.runner.common import cache_root, is_continuous
 from dlbench.train.dist import DistContext
 
 
@@ -21,12 +25,44 @@ def tokenize_split(
     from dlbench.data.token_cache import extract_tokens
 
     split_ds = dataset.split(split)
+    if is_continuous(tokenizer):
+        tokens, labels = split_latents(tokenizer, dataset, split, key, ctx, flips=False)
+        return tokens, labels
     tokens, labels = extract_tokens(tokenizer.encode, split_ds, cache_root() / "tokenizers" / key, split,
                                     dataset.fingerprint(split), codebook_size=tokenizer.codebook_size, ctx=ctx,
                                     device=ctx.device, batch_size=batch_size)
     # the cache holds only the readable images: the difference is what --skip-bad skipped (also on reuse)
     note_skipped(dataset, split, max(len(split_ds) - len(labels), 0))
     return tokens, labels
+
+
+#: seed of the posterior noise in the latent cache (part of its file names); the tokenizer's own seed is in ``key``
+LATENT_ENCODE_SEED = 0
+
+
+def split_latents(tokenizer: Tokenizer, dataset: ImageDataset, split: str, key: str, ctx: DistContext, *,
+                  flips: bool) -> tuple[Any, torch.Tensor]:
+    """``(latents "n h w d", labels long "n")`` of a split from the float latent cache of a continuous tokenizer
+    (:func:`~dlbench.data.token_cache.extract_latents`). ``flips=True``: ``2n`` rows, the images then their
+    horizontal flips, labels repeated -- the training set of a latent method (VA-VAE's ``latents_flip``)."""
+    from dlbench.data.token_cache import LatentArray, extract_latents
+
+    split_ds = dataset.split(split)
+    lat, flip, labels = extract_latents(tokenizer.encode, split_ds, cache_root() / "tokenizers" / key, split,
+                                        dataset.fingerprint(split), seed=LATENT_ENCODE_SEED, ctx=ctx,
+                                        device=ctx.device)
+    note_skipped(dataset, split, max(len(split_ds) - len(labels), 0))
+    if flips:
+        return LatentArray(lat, flip), torch.cat([labels, labels])
+    return LatentArray(lat), labels
+
+
+def training_inputs(tokenizer: Tokenizer, dataset: ImageDataset, key: str, ctx: DistContext) -> tuple[Any, torch.Tensor]:
+    """What the generator trains on: the training split's token ids, or, for a continuous tokenizer, its latents
+    together with the latents of the flipped images (:func:`split_latents`)."""
+    if is_continuous(tokenizer):
+        return split_latents(tokenizer, dataset, "train", key, ctx, flips=True)
+    return tokenize_split(tokenizer, dataset, "train", key, ctx)
 
 
 def heldout_tokens(tokenizer: Tokenizer, dataset: ImageDataset, key: str, ctx: DistContext, labelled: bool,

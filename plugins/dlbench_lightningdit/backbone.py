@@ -15,7 +15,7 @@ Attention is ``torch.nn.functional.scaled_dot_product_attention``. Sections: pur
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +220,9 @@ class LightningDiTNet(nn.Module):
     index ``num_classes`` is the learned null class (classifier-free guidance), ``None`` means all-null; an
     unconditional net (``num_classes=None``) has only the null row.
     """
+
+    #: ``backbone.compile = true`` compiles this module (:func:`dlbench.runner.generator_stage.compile_denoisers`)
+    dlbench_compile: ClassVar[bool] = True
 
     def __init__(self, config: LightningDiTNetConfig, *, channels: int, grid: tuple[int, int],
                  num_classes: int | None = None):

@@ -97,9 +97,7 @@ class LightningDiT(Method):
     """LightningDiT: rectified-flow velocity model over continuous latents (VA-VAE's generator)."""
 
     Config = LightningDiTConfig
-    # "latents" is not (yet) in MethodRequirements.inputs' Literal; the pre-flight reads the string
-    requires: ClassVar[MethodRequirements] = MethodRequirements(
-        inputs="latents", conditioning="optional")  # type: ignore[arg-type]
+    requires: ClassVar[MethodRequirements] = MethodRequirements(inputs="latents", conditioning="optional")
     #: layout of ``loss`` inputs and ``sample`` outputs: the continuous tokenizer's ``encode`` / ``decode`` layout
     latent_layout: ClassVar[str] = "b h w d"
     unavailable_metrics: ClassVar[dict[str, str]] = UNAVAILABLE_METRICS

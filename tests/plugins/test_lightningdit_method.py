@@ -67,11 +67,12 @@ def test_preflight_pairs_latent_methods_with_continuous_tokenizers(registry, mon
     assert LightningDiT.requires.inputs == "latents"
     cfg = resolve("lightningdit", preset="quick")
     assert cfg.tokenizer.name == "kl-vae"  # the presets select the continuous tokenizer
-    # until the run pipeline has a float latent cache, `dlbench run lightningdit` stops here, before any training
+    assert pf.LATENT_METHODS_SUPPORTED  # the run pipeline has the float latent cache and latent sampling
+    preflight(cfg)
+    monkeypatch.setattr(pf, "LATENT_METHODS_SUPPORTED", False)  # switched off: refused before any training
     with pytest.raises(PreflightError, match="does not run yet"):
         preflight(cfg)
-    monkeypatch.setattr(pf, "LATENT_METHODS_SUPPORTED", True)  # what wiring the pipeline switches on
-    preflight(cfg)
+    monkeypatch.setattr(pf, "LATENT_METHODS_SUPPORTED", True)
     preflight(resolve("lightningdit", preset="quick", tokenizer="kl-vae-vf"))
     with pytest.raises(PreflightError, match="trains on continuous latents but tokenizer 'vqvae' gives discrete"):
         preflight(resolve("lightningdit", preset="quick", tokenizer="vqvae"))
