@@ -110,6 +110,24 @@ def test_budget_and_tokenizer_mismatch_needs_flag(tmp_path):
     assert "b †" in render(cmp, "table") and "tokenizer.params.k" in render(cmp, "table")
 
 
+def test_continuous_latent_run_differs_in_tokenizer_without_refusal(tmp_path):
+    """A method over continuous latents cannot share a discrete method's tokenizer: one marked note, no refusal;
+    any other harness difference still needs --allow-mismatch."""
+    a = make_run(tmp_path, "a", 0, {"fid": 1.0})
+    c = make_run(tmp_path, "c", 0, {"fid": 2.0}, tokenizer_k=None)
+    rc = RunDir(c)
+    cfg = rc.read_json("config.json")
+    rc.write_json("config.json", {**cfg, "tokenizer": {"name": "kl-vae", "params": {"latent_dim": 4}}})
+    metrics = rc.read_json("metrics.json")
+    rc.write_json("metrics.json", {**metrics, "tokenizer": {"metadata": {"latent_kind": "continuous"}}})
+    notes = check_matched([RunRecord.load(a), RunRecord.load(c)], allow_mismatch=False)
+    assert notes == {"c": ["tokenizer: 'kl-vae' (continuous latents; baseline 'vqvae', discrete): necessarily "
+                           "different"]}
+    rc.write_json("config.json", {**rc.read_json("config.json"), "training": {"steps": 7, "batch_size": 64}})
+    with pytest.raises(ComparisonMismatchError, match="training.steps"):
+        check_matched([RunRecord.load(a), RunRecord.load(c)], allow_mismatch=False)
+
+
 def test_failed_or_unfinished_runs_are_not_compared(tmp_path):
     p = make_run(tmp_path, "a", 0, {"fid": 1.0})
     RunDir(p).write_json("metrics.json", {"status": "failed", "reason": "NaN loss at step 3"})

@@ -123,19 +123,39 @@ def _protocol_fields(r: RunRecord) -> dict[str, Any]:
     return {k: v for k, v in (r.protocol or {}).items() if k not in {"hash", "short_hash"}}
 
 
+def _latent_kind(r: RunRecord) -> str:
+    """``continuous`` when the run's tokenizer recorded float latents (``metrics.tokenizer.metadata``), else
+    ``discrete``."""
+    meta = ((r.metrics or {}).get("tokenizer") or {}).get("metadata") or {}
+    return "continuous" if isinstance(meta, dict) and meta.get("latent_kind") == "continuous" else "discrete"
+
+
 def check_matched(records: Sequence[RunRecord], allow_mismatch: bool) -> dict[str, list[str]]:
-    """Fields of the shared harness that differ between runs; an error unless ``allow_mismatch``."""
+    """Fields of the shared harness that differ between runs; an error unless ``allow_mismatch``.
+
+    A run over continuous latents (e.g. ``lightningdit`` on ``kl-vae``) cannot share a discrete method's
+    tokenizer: against a baseline of the other latent kind its tokenizer differences are one marked note,
+    not a refusal (the rest of the harness must still match)."""
     ref = _flat(records[0].config)
+    ref_kind = _latent_kind(records[0])
     notes: dict[str, list[str]] = {}
+    expected: set[str] = set()
     for r in records[1:]:
         flat = _flat(r.config)
+        other_kind = _latent_kind(r) != ref_kind
+        if other_kind:
+            notes.setdefault(r.label, []).append(
+                f"tokenizer: {flat.get('tokenizer.name')!r} ({_latent_kind(r)} latents; baseline "
+                f"{ref.get('tokenizer.name')!r}, {ref_kind}): necessarily different")
+            expected.add(r.label)
         for key in sorted(set(ref) | set(flat)):
             group = next((g for prefix, g in MATCHED_FIELDS.items() if key == prefix or key.startswith(prefix + ".")), None)
-            if group is None or ref.get(key) == flat.get(key):
+            if group is None or ref.get(key) == flat.get(key) or (other_kind and key.startswith("tokenizer.")):
                 continue
             notes.setdefault(r.label, []).append(f"{key}: {flat.get(key)!r} (baseline {ref.get(key)!r})")
-    if notes and not allow_mismatch:
-        detail = "; ".join(f"{m}: {', '.join(v[:4])}{' …' if len(v) > 4 else ''}" for m, v in notes.items())
+    refused = {m: v for m, v in notes.items() if m not in expected or len(v) > 1}
+    if refused and not allow_mismatch:
+        detail = "; ".join(f"{m}: {', '.join(v[:4])}{' …' if len(v) > 4 else ''}" for m, v in refused.items())
         raise ComparisonMismatchError(
             f"runs differ in the shared harness ({detail}). Match them, or pass --allow-mismatch to compare "
             "anyway with the differences marked in the table."
