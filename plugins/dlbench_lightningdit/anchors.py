@@ -5,7 +5,9 @@ independently from the training split's per-position (class-conditional) token h
 histogram; the analogue is an independent **Gaussian per position and channel** with the training latents' mean
 and standard deviation (per class, or pooled). Decoded, these samples show what a generator that learned only
 first and second moments per position scores under the protocol; a method that does not beat them has learned
-less than that. Pure functions of tensors; the run pipeline decodes and evaluates the samples.
+less than that. Pure functions of tensors; a caller decodes and evaluates the samples. (The run pipeline's anchor
+record does not draw them yet: for continuous tokenizers it evaluates the ``real`` and ``reconstruction`` rows and
+marks ``class_marginals`` / ``marginals`` unavailable.)
 """
 
 from __future__ import annotations
