@@ -14,20 +14,21 @@ def _config(over=()):
 
     return resolve("lightningdit", preset="quick", overrides=[
         "tokenizer.training.steps=3", "tokenizer.training.batch_size=8", "tokenizer.params.channels=8",
-        "dataset.params.max_images=80", "training.steps=3", "training.batch_size=8", "training.log_every=1",
+        "training.steps=3", "training.batch_size=8", "training.log_every=1",
         "training.checkpoint_every=3", "sampling.num_samples=16", "sampling.batch_size=8", "sampling.steps=2",
-        "evaluation.protocol=quick", "evaluation.curve_points=0", "device=cpu", *over,
+        "evaluation.protocol=quick", "evaluation.curve_points=2", "evaluation.curve_samples=8", "device=cpu", *over,
     ])
 
 
-def test_lightningdit_runs_end_to_end_on_float_latents(registry, tmp_path, monkeypatch):  # noqa: F811
+def test_lightningdit_runs_end_to_end_on_float_latents(registry, tmp_path):  # noqa: F811
     from dlbench.data.token_cache import LatentArray
     from dlbench.runner import stages
     from dlbench.runner.tokens import tokenize_split, training_inputs
     from dlbench.runs import RunDir
     from dlbench.train.dist import DistContext
 
-    monkeypatch.setenv("DLBENCH_CACHE", str(tmp_path / "cache"))
+    # the session's cache (tests/conftest.py): the domain classifier and reference features are shared with the
+    # other evaluated runs; this config's tokenizer and latent cache are its own
     cfg = _config()
     rd = RunDir(tmp_path / "run")
     rd.path.mkdir(parents=True)
@@ -48,6 +49,8 @@ def test_lightningdit_runs_end_to_end_on_float_latents(registry, tmp_path, monke
     assert "continuous latents" in rows["marginals"]["unavailable"]["*"]
     assert metrics["tokenizer"]["metadata"]["latent_kind"] == "continuous"
     assert set(metrics["end_of_training"]) >= {"loss_curve"}
+    curves = rd.events("curve")  # learning-curve points: sampled latents, decoded, domain metrics only
+    assert [c["step"] for c in curves] == [2, 3] and all("domain_fd" in c and "token_kl_pair" not in c for c in curves)
 
     # the latent cache: float rows of normalised posterior samples, plus the flipped images for training
     ds = registry.get("dataset", cfg.dataset.name).build(cfg.dataset.params)
