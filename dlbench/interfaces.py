@@ -140,9 +140,24 @@ class Tokenizer(nn.Module, ABC):
         """True when the weights were imported: the runner then skips tokenizer training."""
         return self.imported is not None
 
+    #: ``"discrete"``: ``encode`` gives token ids (the default); ``"continuous"``: float latents ``"b h w d"``
+    #: (e.g. ``kl-vae``), for methods whose ``requires.inputs`` is ``"latents"``
+    latent_kind: ClassVar[Literal["discrete", "continuous"]] = "discrete"
+
     def prepare_training(self) -> None:
         """Called before the tokenizer's training loads any data: build (or fail on) what training needs beyond
         the weights, e.g. VQGAN's LPIPS network. Default: nothing."""
+
+    def finish_training(self, images: torch.Tensor) -> dict[str, Any] | None:
+        """Called once after training with (a sample of) the training images ``"n c H W"``: compute what the
+        weights alone do not hold (e.g. a KL-VAE's channel-wise latent statistics, stored as buffers so they are
+        cached with the weights). Returns a record for the tokenizer's ``info.json`` or None. Default: nothing."""
+        return None
+
+    def run_metadata(self) -> dict[str, Any]:
+        """Facts about this tokenizer a run's ``metrics.json`` should carry (e.g. which foundation features a
+        VF-aligned latent was aligned to). Default: none."""
+        return {}
 
     @abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:

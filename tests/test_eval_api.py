@@ -92,3 +92,27 @@ def test_evaluate_tokenizer_trains_domain_classifier_under_no_grad(mode, monkeyp
     for a, b in zip(got.state_dict().values(), ref.state_dict().values()):
         assert torch.equal(a, b)
     assert r["metrics"]["domain_rfd"] > 0
+
+
+def test_domain_reference_features_are_extracted_once_per_process(monkeypatch):
+    """Learning-curve points and the final evaluation score against one reference with one classifier: its
+    features are computed once (memoised by the images' and the weights' digest), with the same numbers."""
+    from dlbench.eval import domain
+
+    torch.manual_seed(0)
+    model = domain.DomainCNN(1, 3, 4, 8).eval()
+    ref = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    gen = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    seen: list[str] = []
+    real = domain._predict
+    monkeypatch.setattr(domain, "_predict", lambda m, x, **kw: seen.append(kw.get("stage")) or real(m, x, **kw))
+    monkeypatch.setattr(domain, "_REFERENCE_STATS", {})
+    first = domain.domain_metrics(model, gen, ref)
+    again = domain.domain_metrics(model, gen, ref)
+    assert first == again and seen.count("domain_features/reference") == 1
+    other = domain.DomainCNN(1, 3, 4, 8).eval()  # other weights: recomputed
+    domain.domain_metrics(other, gen, ref)
+    ref2 = ref.clone()
+    ref2[0, 0, 0, 0] ^= 1  # other images: recomputed
+    domain.domain_metrics(model, gen, ref2)
+    assert seen.count("domain_features/reference") == 3

@@ -218,6 +218,39 @@ def load_domain_classifier(path: str | os.PathLike) -> tuple[DomainCNN, dict]:
     return model.eval(), info
 
 
+#: FD statistics of reference sets, by (classifier weights, reference images) digest: a run's learning-curve
+#: points and its final evaluation score against the same reference with the same classifier, so its
+#: features are extracted once per process instead of once per point
+_REFERENCE_STATS: dict[str, dict] = {}
+_REFERENCE_STATS_MAX = 4
+
+
+def _digest_tensors(*tensors: torch.Tensor) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.uint8 else t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _reference_statistics(model: DomainCNN, reference: torch.Tensor) -> dict:
+    """``fid_features_to_statistics`` of the classifier features of ``reference``, memoised per process."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    key = _digest_tensors(reference, *model.state_dict().values())
+    stats = _REFERENCE_STATS.get(key)
+    if stats is None:
+        f_ref, _ = _predict(model, reference, stage="domain_features/reference")
+        stats = fid_features_to_statistics(f_ref)
+        if len(_REFERENCE_STATS) >= _REFERENCE_STATS_MAX:
+            _REFERENCE_STATS.pop(next(iter(_REFERENCE_STATS)))
+        _REFERENCE_STATS[key] = stats
+    return stats
+
+
 def domain_metrics(
     model: DomainCNN,
     generated: torch.Tensor,
@@ -237,8 +270,8 @@ def domain_metrics(
                 f"domain metrics: {name} images must be uint8 'n {model.channels} H W', got {t.dtype} {tuple(t.shape)}"
             )
     f_gen, l_gen = _predict(model, generated, stage="domain_features/generated")
-    f_ref, _ = _predict(model, reference, stage="domain_features/reference")
-    fd = fid_statistics_to_metric(fid_features_to_statistics(f_gen), fid_features_to_statistics(f_ref), verbose=False)
+    fd = fid_statistics_to_metric(fid_features_to_statistics(f_gen), _reference_statistics(model, reference),
+                                  verbose=False)
     out = {
         "domain_fd": float(fd["frechet_inception_distance"]),
         "domain_is": float(isc_features_to_metric(l_gen, splits=1, shuffle=False)["inception_score_mean"]),

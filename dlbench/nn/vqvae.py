@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -216,6 +216,19 @@ class VQVAE(Tokenizer):
         """``d`` of the pre-quantization latent ``z_e "b h w d"`` (what a regularizer's ``bind`` receives)."""
         return int(self.embedding.shape[-1])
 
+    def add_regularizer_terms(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], tensors: dict[str, Any], *,
+                              z_e: torch.Tensor, images: torch.Tensor, recon: torch.Tensor,
+                              rec: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus each attached regularizer's ``weight * value`` (logged in ``terms`` under its name).
+        ``tensors``: the quantizer's keywords; the ones every VQ autoencoder shares are added here."""
+        tensors = {**tensors, "z_e": z_e, "images": images, "recon": recon, "encoder": self.encoder,
+                   "step": int(self.train_steps), "rec_loss": rec, "encoder_last_layer": self.encoder[-1].weight}
+        weights = {name: weight for name, weight, _ in self.regularizers}
+        for name, value in self.regularizer_terms(tensors).items():
+            terms[name] = value
+            loss = loss + weights[name] * value
+        return loss
+
     def add_regularizer(self, name: str, weight: float, module: nn.Module) -> None:
         """Attach a loss term to :meth:`training_loss` (see module docstring for its keywords)."""
         if any(n == name for n, _, _ in self.regularizers):
@@ -312,15 +325,10 @@ class VQVAE(Tokenizer):
         if self.regularizers:
             z_best = F.embedding(q.codes, self.embedding)
             tensors = dict(
-                logits=logits, probs=logits.float().softmax(-1), distances=q.distances, z_e=z_e, z_q=z_q,
-                codes=q.codes, z_best=z_best, z_sampled=F.embedding(fed, self.embedding), images=images,
-                recon=recon, encoder=self.encoder, step=int(self.train_steps), rec_loss=rec,
-                encoder_last_layer=self.encoder[-1].weight,
+                logits=logits, probs=logits.float().softmax(-1), distances=q.distances, z_q=z_q, codes=q.codes,
+                z_best=z_best, z_sampled=F.embedding(fed, self.embedding),
             )
-            weights = {name: weight for name, weight, _ in self.regularizers}
-            for name, value in self.regularizer_terms(tensors).items():
-                terms[name] = value
-                loss = loss + weights[name] * value
+            loss = self.add_regularizer_terms(loss, terms, tensors, z_e=z_e, images=images, recon=recon, rec=rec)
             terms["perturbed_frac"] = mask.float().mean()
         if self.training:
             restarted = self._restart_dead_codes(z_e.detach(), q.codes)

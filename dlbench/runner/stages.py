@@ -85,8 +85,7 @@ def execute(cfg: RunConfig, registry: Registry, run_dir: RunDir, *, resume: bool
         "tokenizer": {"key": key, "name": cfg.tokenizer.name, "training": tok_info.get("training"),
                       "source": tok_info.get("source", "trained"),
                       # optional Tokenizer.run_metadata(): e.g. which foundation features a VF-aligned latent used
-                      **({"metadata": tokenizer.run_metadata()} if callable(getattr(tokenizer, "run_metadata", None))
-                         else {})},
+                      **({"metadata": meta} if (meta := tokenizer.run_metadata()) else {})},
         "sampling": {"num_samples": s.num_samples, "steps": s.steps, "guidance": s.guidance,
                      "nfe_per_sample": nfe(method, s), "seed": s.seed},
         "seeds": {"train": cfg.seed, "sample": s.seed, "tokenizer": cfg.tokenizer.seed},

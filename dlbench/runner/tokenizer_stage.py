@@ -121,8 +121,7 @@ def get_tokenizer(
         final = result.ema.shadow if result.ema is not None else tokenizer
         if final is not tokenizer:
             tokenizer.load_state_dict(final.state_dict())
-        finish = getattr(tokenizer, "finish_training", None)  # optional: e.g. kl-vae's latent statistics
-        finished = finish(images) if callable(finish) else None
+        finished = tokenizer.finish_training(images)  # e.g. kl-vae's latent statistics
         info = {"key": key, "name": cfg.tokenizer.name, "params": cfg.tokenizer.params,
                 "regularizers": [r.model_dump(mode="json") for r in cfg.tokenizer.regularizers],
                 "training": result.record(), "dataset": cfg.dataset.name,

@@ -127,14 +127,9 @@ class RegVQTokenizer(VQVAE):
         loss = rec + q["codebook"] + c.beta * q["commit"]
         tensors = dict(
             logits=q["logits"], distances=squared_distances(z_e.float(), self.embedding.float()), probs=q["probs"],
-            z_e=z_e, z_q=q["z_q"], codes=q["best"], z_best=q["z_best"], z_sampled=q["z_sampled"], images=images,
-            recon=recon, encoder=self.encoder, step=int(self.train_steps), rec_loss=rec,
-            encoder_last_layer=self.encoder[-1].weight,
+            z_q=q["z_q"], codes=q["best"], z_best=q["z_best"], z_sampled=q["z_sampled"],
         )
-        weights = {name: weight for name, weight, _ in self.regularizers}
-        for name, value in self.regularizer_terms(tensors).items():
-            terms[name] = value
-            loss = loss + weights[name] * value
+        loss = self.add_regularizer_terms(loss, terms, tensors, z_e=z_e, images=images, recon=recon, rec=rec)
         if self.training:
             terms["restarted_codes"] = torch.tensor(float(self._restart_dead_codes(z_e.detach(), q["best"])))
         with torch.no_grad():
