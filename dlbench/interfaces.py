@@ -130,7 +130,6 @@ class Tokenizer(nn.Module, ABC):
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("encode", "decode", "codebook", "token_grid", "training_loss")
     Config: ClassVar[type[ComponentConfig]] = EmptyConfig
-    latent_kind: ClassVar[str] = "discrete"
     codebook_size: int
     #: where imported weights came from (a released checkpoint), None when dlbench trains the tokenizer
     imported: dict[str, Any] | None = None
