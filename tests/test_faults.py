@@ -333,10 +333,17 @@ def test_rule1_torchscript_feature_network_must_be_the_published_file(tmp_path):
 # =============================================================================================
 
 
+def interruptible() -> None:
+    """Popen ``preexec_fn``: SIGINT back to its default in the child. A test suite started in the background
+    of a non-interactive shell (``pytest &``) has SIGINT ignored, and a child inherits that, so Python would
+    never raise KeyboardInterrupt there and the Ctrl-C tests would wait forever."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _dlbench_proc(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}", "COLUMNS": "300"}
     return subprocess.Popen([sys.executable, "-m", "dlbench", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=interruptible)
 
 
 def _wait_for(pred, proc, timeout=240.0):
@@ -382,7 +389,7 @@ def test_rule2_sigint_during_eval_exits_130(run_copy, tmp_path, monkeypatch):
     env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
     before = snapshot(run_copy / "metrics.json")
     proc = subprocess.Popen([sys.executable, "-m", "dlbench", "eval", str(run_copy)], cwd=tmp_path, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=interruptible)
     assert _wait_for(lambda: (tmp_path / "in-eval").exists(), proc), proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

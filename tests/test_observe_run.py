@@ -233,7 +233,8 @@ def test_runs_lists_finished_failed_running_and_interrupted_runs(logged_run, cap
             "--set", "training.steps=100000", "--set", "training.batch_size=8", "--set", "training.checkpoint_every=1",
             "--seed", "3", "--quiet"]
     proc = subprocess.Popen([sys.executable, *args], env=logged_run.env, cwd=logged_run.base,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see test_faults.interruptible
     try:
         live = _wait_for_event(out, "checkpoint", proc, old)
         running = _runs_json(capsys, str(out), "--status", "running")
