@@ -36,17 +36,18 @@ def _metric_value(row: dict[str, Any], metric: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
+def _anchor_entries(cmp: Any) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, row)`` of the comparison's anchors that carry metrics, ladder order (best first)."""
+    rows = (cmp.anchors or {}).get("rows") or {}
+    return [(name, rows[name]) for name in ANCHORS if rows.get(name) and rows[name].get("metrics")]
+
+
 def anchor_cells(cmp: Any) -> list[list[str]]:
     """Table rows of the anchors in the comparison table's column layout (single draws: no interval)."""
     from dlbench.report.render import COMPUTE_COLS
 
-    if not cmp.anchors:
-        return []
     out = []
-    for name in ANCHORS:
-        row = (cmp.anchors.get("rows") or {}).get(name)
-        if not row or not row.get("metrics"):
-            continue
+    for name, row in _anchor_entries(cmp):
         cells = [f"anchor: {ANCHOR_LABELS[name]}", "–"]
         for m in cmp.metric_names:
             v = _metric_value(row, m)
@@ -58,13 +59,8 @@ def anchor_cells(cmp: Any) -> list[list[str]]:
 
 def anchor_rows(cmp: Any) -> list[dict[str, Any]]:
     """The anchors as flat json/csv records (``kind: anchor``)."""
-    if not cmp.anchors:
-        return []
     out = []
-    for name in ANCHORS:
-        row = (cmp.anchors.get("rows") or {}).get(name)
-        if not row or not row.get("metrics"):
-            continue
+    for name, row in _anchor_entries(cmp):
         rec: dict[str, Any] = {"method": f"anchor: {ANCHOR_LABELS[name]}", "kind": "anchor", "anchor": name,
                                "protocol_hash": cmp.protocol_hash, "anchor_key": cmp.anchors.get("key"),
                                "n": cmp.anchors.get("n")}
