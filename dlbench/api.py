@@ -16,7 +16,7 @@ from dlbench.plugins import get_registry
 from dlbench.runner.session import RunFailed, RunInterrupted, RunResult
 from dlbench.runs import RunDir
 
-__all__ = ["RunFailed", "RunInterrupted", "RunResult", "compare", "evaluate", "resolve", "resume_config", "run",
+__all__ = ["RunFailed", "RunInterrupted", "RunResult", "compare", "evaluate", "plan_compare", "resolve", "resume_config", "run",
            "sample"]
 
 
@@ -174,3 +174,11 @@ def compare(methods: Sequence[str], **kwargs: Any) -> str:
     """Compare methods (or ``runs=[...]``) under one protocol, training what is missing; returns the
     rendered table (:mod:`dlbench.runner.compare_runs`)."""
     return runner.compare(list(methods), get_registry(), **kwargs)
+
+
+def plan_compare(methods: Sequence[str], **kwargs: Any) -> list[RunConfig]:
+    """The resolved config of every run ``compare(methods, **kwargs)`` would train or reuse (same ``preset``,
+    ``seeds``, ``budget``, ``overrides``, ``dataset``). Train them anywhere with ``run(config=cfg, out=...)`` and
+    a later ``compare`` with the same arguments and ``out`` reuses them."""
+    plans, _note = runner.plan_runs(list(methods), get_registry(), **kwargs)
+    return plans

@@ -198,20 +198,23 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
         "sampling": {"num_samples": 2000, "batch_size": 250, "steps": 25},
         "evaluation": {"protocol": "default", "curve_points": 5, "curve_samples": 256},
     },
-    # a comparison sized for a 2-core CPU (< ~1 h per run): 6x the default's generator budget, 50 sampling
-    # steps. Methods that do more forward+backward passes per step than one get fewer steps (equal compute):
-    # see each method's presets["benchmark"].
+    # a comparison sized for a 2-core CPU: 3x the default's generator budget, 50 sampling steps, 3 learning-curve
+    # points. Measured: ~20 min per run with one thread on an idle AMX Xeon (training 2.2 steps/s), so 3 methods x
+    # 3 seeds fit in ~1.5 h in two processes (benchmarks/results/compare_benchmark.md). Methods that do more
+    # forward+backward passes per step than one get fewer steps (equal compute): see each method's presets.
     "benchmark": {
         "tokenizer": {"training": {"steps": 1500, "batch_size": 64}},
-        "training": {"steps": 3000, "batch_size": 64, "diagnostics_every": 250, "checkpoint_every": 1000},
+        "training": {"steps": 1500, "batch_size": 64, "diagnostics_every": 250, "checkpoint_every": 500},
         "sampling": {"num_samples": 2000, "batch_size": 250, "steps": 50},
-        "evaluation": {"protocol": "default"},
+        "evaluation": {"protocol": "default", "curve_points": 3, "curve_samples": 256},
     },
-    # embedding-collapse study (csdm vs vqlcmd): long enough for the table to move, cheap evaluation
+    # embedding-collapse study (csdm vs vqlcmd): long enough for the table to move and settle (measured: under the
+    # collapse configuration min distance/sigma falls ~90 % by step 150 and the table stops moving by ~450,
+    # benchmarks/results/vqlcmd_collapse_study.md), diagnostics every 50 steps, the cheapest evaluation
     "collapse": {
         "tokenizer": {"training": {"steps": 1500, "batch_size": 64}},
-        "training": {"steps": 1500, "batch_size": 64, "diagnostics_every": 100, "checkpoint_every": 500},
-        "sampling": {"num_samples": 500, "batch_size": 250, "steps": 25},
+        "training": {"steps": 600, "batch_size": 64, "diagnostics_every": 50, "checkpoint_every": 300},
+        "sampling": {"num_samples": 256, "batch_size": 128, "steps": 25},
         "evaluation": {"protocol": "quick"},
     },
     "paper": {

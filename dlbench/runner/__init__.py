@@ -29,7 +29,7 @@ from typing import Any
 _EXPORTS = {
     "run": "session", "reevaluate": "session", "RunResult": "session", "RunFailed": "session",
     "RunInterrupted": "session", "execute": "stages", "evaluate_run": "evaluation", "sample_run": "restore",
-    "load_trained_method": "restore", "compare": "compare_runs", "budget_overrides": "compare_runs",
+    "load_trained_method": "restore", "compare": "compare_runs", "budget_overrides": "compare_runs", "plan_runs": "compare_runs",
     "PipelineError": "common",
 }
 

@@ -72,6 +72,48 @@ def find_reusable(out: Path, config_hash: str, method: str, dataset: str) -> Pat
     return None
 
 
+def plan_runs(
+    methods: Sequence[str],
+    registry: Registry,
+    *,
+    dataset: str | None = None,
+    preset: str = "default",
+    seeds: int = 1,
+    budget: str | None = None,
+    overrides: Sequence[str] = (),
+    equal_compute: bool = True,
+) -> tuple[list[Any], str | None]:
+    """The resolved run config of every (method, seed) ``compare`` would train or reuse, and its budget note.
+
+    Public so that a driver can train the missing runs elsewhere (other processes or machines) and a later
+    ``compare`` with the same arguments reuses them: a run is reused when its config hash equals its plan's."""
+    from dlbench.config import build_config
+
+    if seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
+    extra = list(overrides) + budget_overrides(budget)
+
+    def resolve_all(extra: list[str]) -> list[Any]:
+        return [build_config(m, registry=registry, preset=preset, dataset=dataset, overrides=extra, seed=seed)
+                for m in methods for seed in range(seeds)]
+
+    plans = resolve_all(extra)  # resolve everything first: a typo fails before any training
+    if budget is None and equal_compute and len(set(methods)) > 1:
+        from dlbench.runner.calibration import equal_flops_budget
+
+        flops, per = equal_flops_budget(plans, registry)
+        plans = resolve_all(extra + [f"training.budget_flops={flops}"])
+        budget_note = (f"budget: equal training FLOPs, {flops:.3g} per run (the smallest of the methods' preset "
+                       "budgets: " + ", ".join(f"{m} {f:.3g}" for m, f in per.items()) + "); pass --budget "
+                       "steps=N for equal steps instead")
+    elif budget is not None:
+        kind = budget.partition("=")[0]
+        budget_note = f"budget: {budget} per run" + (" (equal steps, not equal compute)" if kind == "steps" else "")
+    else:
+        budget_note = None
+    return plans, budget_note
+
+
 def compare(
     methods: list[str],
     registry: Registry,
@@ -92,7 +134,6 @@ def compare(
     tune_samples: int = 256,
 ) -> str:
     """Run what is missing, reuse what matches, then compare (see module docstring)."""
-    from dlbench.config import build_config
     from dlbench.runner.session import run
 
     if format not in FORMATS:
@@ -114,28 +155,8 @@ def compare(
     else:
         if not methods:
             raise ConfigError("name at least one method (the first is the baseline), or pass --runs DIR…")
-        if seeds < 1:
-            raise ConfigError("--seeds must be >= 1")
-        extra = list(overrides) + budget_overrides(budget)
-
-        def resolve_all(extra: list[str]) -> list[Any]:
-            return [build_config(m, registry=registry, preset=preset, dataset=dataset, overrides=extra, seed=seed)
-                    for m in methods for seed in range(seeds)]
-
-        plans = resolve_all(extra)  # resolve everything first: a typo fails before any training
-        if budget is None and equal_compute and len(set(methods)) > 1:
-            from dlbench.runner.calibration import equal_flops_budget
-
-            flops, per = equal_flops_budget(plans, registry)
-            plans = resolve_all(extra + [f"training.budget_flops={flops}"])
-            budget_note = (f"budget: equal training FLOPs, {flops:.3g} per run (the smallest of the methods' preset "
-                           "budgets: " + ", ".join(f"{m} {f:.3g}" for m, f in per.items()) + "); pass --budget "
-                           "steps=N for equal steps instead")
-        elif budget is not None:
-            kind = budget.partition("=")[0]
-            budget_note = f"budget: {budget} per run" + (" (equal steps, not equal compute)" if kind == "steps" else "")
-        else:
-            budget_note = None
+        plans, budget_note = plan_runs(methods, registry, dataset=dataset, preset=preset, seeds=seeds,
+                                       budget=budget, overrides=overrides, equal_compute=equal_compute)
         from dlbench.preflight import preflight
 
         for cfg in plans:  # the same pre-flight as `dlbench run`, for every planned run, before any training

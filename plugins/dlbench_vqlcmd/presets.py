@@ -35,7 +35,7 @@ def _table_dim(config, dim: int) -> dict[str, Any]:
 
 
 #: generator steps of the base `benchmark` preset for a method with one forward+backward per step
-BENCHMARK_STEPS = 3000
+BENCHMARK_STEPS = 1500
 
 
 def method_presets(config) -> dict[str, dict[str, Any]]:
