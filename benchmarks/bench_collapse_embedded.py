@@ -10,10 +10,18 @@ what the runs recorded:
 - the CE(t) curve on held-out tokens (``metrics.json`` ``end_of_training``);
 - the final FID / domain metrics under the shared protocol.
 
+With ``--seeds N`` (N >= 2) every diagnostic is also aggregated over the seeds at each logged step (mean with
+a 95 % Student-t interval), and the script says whether the claim "consistency matching prevents collapse"
+holds: at the last logged step, vqlcmd's min distance / sigma relative to its own init is above csdm's with
+Welch's 95 % interval of the difference excluding 0. ``--jobs N`` trains the missing runs in N processes first
+(``benchmarks/_parallel.py``).
+
 Usage (same runs root and cache as the comparison you want to reuse)::
 
     DLBENCH_CACHE=... python benchmarks/bench_collapse_embedded.py --out RUNS --seeds 1 \
         --record benchmarks/results/collapse_embedded.md
+    DLBENCH_CACHE=... python benchmarks/bench_collapse_embedded.py --preset collapse --seeds 3 --jobs 2 \
+        --out RUNS --record benchmarks/results/collapse_study.md
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ for p in (ROOT, ROOT / "plugins"):
         sys.path.insert(0, str(p))
 
 from _machine import machine_line, print_and_record  # noqa: E402
+from _parallel import train_missing  # noqa: E402
 from dlbench.api import compare  # noqa: E402
 from dlbench.report.compare import load_records  # noqa: E402
+from dlbench.report.stats import diff_ci, mean_ci  # noqa: E402
 from dlbench.runs import RunDir  # noqa: E402
 
 KEYS = ["min_pairwise_dist_over_sigma", "mean_pairwise_dist_over_sigma", "effective_rank", "mean_cosine", "mean_norm"]
@@ -72,6 +82,32 @@ def diagnostics_table(label: str, run: Path) -> list[str]:
     return [r for r in rows if r]
 
 
+def diagnostics_series(run: Path) -> dict[int, dict]:
+    """step -> diagnostics of one run (step 0 = the method as built from the run seed; training events after)."""
+    out = {0: initial_diagnostics(run)}
+    for ev in RunDir(run).events("diagnostics"):
+        out[int(ev["step"])] = ev
+    return out
+
+
+def seed_aggregate(label: str, runs: list[Path]) -> tuple[list[str], dict[str, list[float]]]:
+    """Rows 'method | step | min dist/sigma | min dist/sigma / init | eff. rank' as mean +- 95 % CI over the seeds
+    at every step all runs logged, and the per-seed values of the last common step (for the verdict)."""
+    series = [diagnostics_series(r) for r in runs]
+    steps = sorted(set.intersection(*(set(s) for s in series)))
+    rows, last = [], {}
+    for step in steps:
+        md = [s[step].get("embed/min_pairwise_dist_over_sigma") for s in series]
+        er = [s[step].get("embed/effective_rank") for s in series]
+        if any(v is None for v in md + er):
+            continue
+        rel = [m / s[0]["embed/min_pairwise_dist_over_sigma"] for m, s in zip(md, series)]
+        rows.append(f"| {label} | {step} | {mean_ci(md).format(3)} | {mean_ci(rel).format(3)} | "
+                    f"{mean_ci(er).format(3)} |")
+        last = {"step": [step], "min_dist_over_sigma": md, "relative": rel, "effective_rank": er}
+    return rows, last
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", default=["csdm", "vqlcmd"])
@@ -80,9 +116,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs", help="runs root (shared with `dlbench compare` to reuse runs)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--record", default=None, help="write the markdown report here")
+    ap.add_argument("--jobs", type=int, default=1, help="train missing runs in this many processes first")
     args = ap.parse_args(argv)
 
     start = time.time()
+    if args.jobs > 1:
+        train_missing(args.methods, jobs=args.jobs, out=args.out, log=lambda m: print(m, file=sys.stderr),
+                      preset=args.preset, seeds=args.seeds, overrides=args.overrides)
     table = compare(args.methods, preset=args.preset, seeds=args.seeds, out=args.out, overrides=args.overrides,
                     format="json", log=lambda m: print(m, file=sys.stderr))
     data = json.loads(table)
@@ -100,8 +140,32 @@ def main(argv=None) -> int:
         "| method | step | min dist / sigma | mean dist / sigma | effective rank | mean cosine | mean norm |",
         "|---|---|---|---|---|---|---|",
     ]
+
+    agg_lines, last = [], {}
+    if args.seeds >= 2:
+        agg_lines = ["", f"## Over {args.seeds} seeds: mean ± 95 % t-interval at each logged step (step 0 = init)", "",
+                     "| method | step | min dist / sigma | min dist / sigma relative to init | effective rank |",
+                     "|---|---|---|---|---|"]
+        for row in data["rows"]:
+            if row.get("kind", "method") != "method":
+                continue
+            rows, last[row["method"]] = seed_aggregate(row["method"], [Path(r) for r in row["runs"]])
+            agg_lines += rows
+        if "vqlcmd" in last and "csdm" in last and last["vqlcmd"] and last["csdm"]:
+            d = diff_ci(last["vqlcmd"]["relative"], last["csdm"]["relative"])
+            e = diff_ci(last["vqlcmd"]["effective_rank"], last["csdm"]["effective_rank"])
+            v, c = mean_ci(last["vqlcmd"]["relative"]), mean_ci(last["csdm"]["relative"])
+            holds = d.low > 0
+            agg_lines += ["", f"**Claim \"consistency matching prevents collapse\": "
+                          f"{'holds' if holds else 'does not hold'} at this scale.** At the last logged step "
+                          f"(vqlcmd {last['vqlcmd']['step'][0]}, csdm {last['csdm']['step'][0]}; equal training "
+                          f"compute) vqlcmd keeps {v.format(3)} of its initial min distance / sigma, csdm {c.format(3)}; difference vqlcmd − csdm {d.format(3)} (Welch 95 % interval "
+                          f"{'excludes' if d.low > 0 or d.high < 0 else 'includes'} 0). Effective-rank difference "
+                          f"vqlcmd − csdm {e.format(3)}."]
     ce_rows = []
     for row in data["rows"]:
+        if row.get("kind", "method") != "method":
+            continue
         run = Path(row["runs"][0])
         lines += diagnostics_table(row["method"], run)
         rec = load_records([run])[0]
@@ -116,6 +180,7 @@ def main(argv=None) -> int:
                   "| method | " + " | ".join(f"t={t:.2f}" for t in ts) + " |", "|---|" + "---|" * len(ts)]
         for method, curve, _ in ce_rows:
             lines.append(f"| {method} | " + " | ".join(f"{v:.3f}" for v in curve["ce"]) + " |")
+    lines += agg_lines
     lines += ["", "## Final metrics (same protocol)", "", compare(
         args.methods, preset=args.preset, seeds=args.seeds, out=args.out, overrides=args.overrides, format="md",
         log=lambda m: None)]

@@ -11,10 +11,8 @@ does), so the wall-clock of this invocation may be seconds; the cost of each run
 (``compute.wall_clock_s``: generator training alone). The tokenizer is trained once per cache and is not
 part of either figure; its own training time is in the cache's ``info.json`` and printed here.
 
-With ``--jobs N`` the runs that are missing are first trained in N worker processes at once (each given
-``OMP_NUM_THREADS = cores // N``, at least 1), from the same plan ``compare`` makes
-(:func:`dlbench.api.plan_compare`), then the comparison reuses them; on a 2-core CPU two one-thread processes
-train about twice as many runs per hour as one two-thread process (benchmarks/results/cpu_parallel.md).
+With ``--jobs N`` the runs that are missing are first trained in N worker processes at once from the same
+plan ``compare`` makes (``benchmarks/_parallel.py``), then the comparison reuses them.
 
 Usage::
 
@@ -26,12 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -41,7 +35,8 @@ for p in (ROOT, ROOT / "plugins"):
         sys.path.insert(0, str(p))
 
 from _machine import machine_line, print_and_record  # noqa: E402
-from dlbench.api import compare, plan_compare  # noqa: E402
+from _parallel import train_missing  # noqa: E402
+from dlbench.api import compare  # noqa: E402
 from dlbench.report.compare import load_records  # noqa: E402
 
 
@@ -57,38 +52,6 @@ def _tokenizer_events(run: Path) -> list[dict]:
     return out
 
 
-def _train_missing(common: dict, methods: list[str], jobs: int) -> None:
-    """Train the planned runs that ``compare`` would not reuse, ``jobs`` worker processes at a time."""
-    from dlbench.runner.compare_runs import find_reusable
-
-    plans = plan_compare(methods, preset=common["preset"], seeds=common["seeds"], budget=common["budget"])
-    missing = [c for c in plans if find_reusable(Path(common["out"]), c.hash(), c.method.name, c.dataset.name) is None]
-    if not missing:
-        return
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH", "")])
-    tmp = Path(tempfile.mkdtemp(prefix="dlbench-plans-"))
-
-    def one(i_cfg):
-        i, cfg = i_cfg
-        path = tmp / f"{i}.json"
-        path.write_text(json.dumps(cfg.to_dict()))
-        print(f"[worker] training {cfg.method.name} seed {cfg.seed} ({cfg.hash()[:12]})", file=sys.stderr)
-        log = Path(common["out"]) / f"worker-{cfg.method.name}-{cfg.seed}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as fh:
-            rc = subprocess.call([sys.executable, __file__, "--worker-config", str(path), "--out", common["out"]],
-                                 env=env, stdout=fh, stderr=subprocess.STDOUT)
-        print(f"[worker] {cfg.method.name} seed {cfg.seed}: exit {rc} (log {log})", file=sys.stderr)
-        return rc
-
-    with ThreadPoolExecutor(jobs) as pool:
-        codes = list(pool.map(one, enumerate(missing)))
-    if any(codes):
-        raise SystemExit(f"{sum(1 for c in codes if c)} of {len(codes)} worker runs failed; see worker-*.log under "
-                         f"{common['out']}")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", default=["vqlcmd", "vq-diffusion"])
@@ -101,20 +64,14 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-sampling", action="store_true", help="add tuned-sampler rows (validation split)")
     ap.add_argument("--tune-samples", type=int, default=256, help="samples per grid point when tuning")
     ap.add_argument("--jobs", type=int, default=1, help="train missing runs in this many processes first")
-    ap.add_argument("--worker-config", default=None, help=argparse.SUPPRESS)  # internal: train one resolved config
     args = ap.parse_args(argv)
-    if args.worker_config:
-        from dlbench.api import run
-        from dlbench.config import RunConfig
-
-        run(config=RunConfig.model_validate(json.loads(Path(args.worker_config).read_text())), out=args.out)
-        return 0
 
     start = time.time()
     common = dict(preset=args.preset, seeds=args.seeds, out=args.out, budget=args.budget,
                   tune_sampling=args.tune_sampling, tune_samples=args.tune_samples)
     if args.jobs > 1:
-        _train_missing(common, args.methods, args.jobs)
+        train_missing(args.methods, jobs=args.jobs, out=args.out, log=lambda m: print(m, file=sys.stderr),
+                      preset=args.preset, seeds=args.seeds, budget=args.budget)
     data = json.loads(compare(args.methods, format="json", log=lambda m: print(m, file=sys.stderr), **common))
     table = compare(args.methods, format="md", html=args.html, log=lambda m: None, **common)
     wall = time.time() - start

@@ -16,8 +16,8 @@ from dlbench.plugins import get_registry
 from dlbench.runner.session import RunFailed, RunInterrupted, RunResult
 from dlbench.runs import RunDir
 
-__all__ = ["RunFailed", "RunInterrupted", "RunResult", "compare", "evaluate", "plan_compare", "resolve", "resume_config", "run",
-           "sample"]
+__all__ = ["RunFailed", "RunInterrupted", "RunResult", "compare", "evaluate", "plan_compare", "resolve",
+           "resume_config", "run", "sample"]
 
 
 def resolve(
