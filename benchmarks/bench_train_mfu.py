@@ -16,6 +16,14 @@ one sampling call. Its table lacks the CPU flash-attention kernel
 torch's own SDPA formulas. The reference rate is a 2048x2048 matmul in the same process and dtype. Each figure
 is the median over ``--rounds`` interleaved rounds (fp32 and bf16 alternate), since the cores are shared.
 
+**Shape-matched GEMM ceiling.** A 2048x2048 matmul is not what a width-128 model at 64 x 64 positions
+multiplies. Every matmul-family call of one train step (``mm``, ``addmm``, ``bmm``, ``baddbmm``, the CPU SDPA
+kernels, forward and backward, with autocast's dtypes) is recorded with a dispatch mode and replayed alone, on
+fresh tensors of the same shapes, strides and dtypes: the rate of that replay is the most any implementation of
+this step could reach with these kernels and no elementwise work at all. The table gives it as a share of the
+2048x2048 rate, and the step's own rate as a share of it (what the elementwise work, the optimizer, the EMA and
+Python overhead cost).
+
     PYTHONPATH=.:plugins python benchmarks/bench_train_mfu.py [--record benchmarks/results/train_mfu.md]
 """
 
@@ -105,6 +113,62 @@ def count_sample_flops(method, n: int, steps: int) -> float:
     return float(fc.get_total_flops())
 
 
+_GEMM_OPS = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
+             "_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def record_gemms(method, precision: str, batch: int) -> list[tuple]:
+    """The matmul-family calls of one forward+backward of ``method.loss`` as ``(op, args)`` with tensors
+    replaced by ``(shape, stride, dtype)`` (autocast applied, as in training)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops = {getattr(torch.ops.aten, n).default for n in _GEMM_OPS if hasattr(torch.ops.aten, n)}
+    calls: list[tuple] = []
+
+    def meta(x):
+        return ("T", tuple(x.shape), tuple(x.stride()), x.dtype) if isinstance(x, torch.Tensor) else x
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in ops:
+                calls.append((func, tuple(meta(a) for a in args), {k: meta(v) for k, v in kwargs.items()}))
+            return func(*args, **kwargs)
+
+    tokens, labels = (t[:batch] for t in _data(batch))
+    method.train()
+    with Recorder(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, _ = method.loss(tokens, labels)
+        loss.backward()
+    method.zero_grad(set_to_none=True)
+    return calls
+
+
+def gemm_ceiling(calls: list[tuple], reps: int = 3) -> tuple[float, float]:
+    """``(flops, seconds)`` of replaying ``calls`` alone on fresh random tensors (best of ``reps``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def make(m):
+        if isinstance(m, tuple) and len(m) == 4 and m[0] == "T":
+            _, shape, stride, dtype = m
+            t = torch.empty_strided(shape, stride, dtype=dtype)
+            return t.normal_() if dtype.is_floating_point else t.zero_()
+        return m
+
+    replay = [(f, tuple(make(a) for a in args), {k: make(v) for k, v in kw.items()}) for f, args, kw in calls]
+    with FlopCounterMode(display=False) as fc:
+        for f, args, kw in replay:
+            f(*args, **kw)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(reps):
+            t = time.perf_counter()
+            for f, args, kw in replay:
+                f(*args, **kw)
+            best = min(best, time.perf_counter() - t)
+    return float(fc.get_total_flops()), best
+
+
 def time_train_step(method, precision: str, batch: int, steps: int, warmup: int) -> float:
     """Seconds per step of the real training loop: the time of ``warmup + steps`` steps minus the time of
     ``warmup`` steps, so the loop's one-off setup (optimizer, EMA copy, autocast/engine resolution) and the
@@ -173,22 +237,27 @@ def main() -> None:
             sample_flops = count_sample_flops(method, args.batch, args.sample_steps)
             step_s: dict[str, list[float]] = {p: [] for p in precisions}
             samp_s: dict[str, list[float]] = {p: [] for p in precisions}
+            ceil: dict[str, list[float]] = {p: [] for p in precisions}
+            calls = {p: record_gemms(method, p, args.batch) for p in precisions}
             for _ in range(args.rounds):
                 for p in precisions:
                     peak[p].append(matmul_rate(torch.float32 if p == "fp32" else torch.bfloat16))
                     step_s[p].append(time_train_step(method, p, args.batch, args.steps, args.warmup))
                     samp_s[p].append(time_sample(method, p, args.batch, args.sample_steps))
+                    gf, gs = gemm_ceiling(calls[p])
+                    ceil[p].append(gf / gs / 1e9)
             rows.append((model_name, method_name, train_flops, sample_flops,
                          {p: statistics.median(v) for p, v in step_s.items()},
                          {p: statistics.median(v) for p, v in samp_s.items()},
-                         sum(q.numel() for q in method.parameters() if q.requires_grad)))
+                         sum(q.numel() for q in method.parameters() if q.requires_grad),
+                         {p: statistics.median(v) for p, v in ceil.items()}))
             print(f"done: {model_name} {method_name}", flush=True)
     rate = {p: statistics.median(v) for p, v in peak.items()}
     lines += [f"matmul 2048x2048 (median over the run): fp32 **{rate['fp32']:.1f}** GFLOP/s, "
               f"bf16 **{rate['bf16']:.1f}** GFLOP/s (bf16/fp32 {rate['bf16'] / rate['fp32']:.2f}x)", ""]
     lines += ["| model | method | params | what | GFLOP per call | fp32 GFLOP/s (% of fp32 matmul) | "
               "bf16 GFLOP/s (% of bf16 matmul) | bf16 speed-up |", "|---|---|---|---|---|---|---|---|"]
-    for model_name, method_name, tf, sf, st, ss, params in rows:
+    for model_name, method_name, tf, sf, st, ss, params, _ in rows:
         for what, flops, secs in (("train step", tf, st), ("sampling", sf, ss)):
             g = {p: flops / secs[p] / 1e9 for p in precisions}
             lines.append(
@@ -196,6 +265,15 @@ def main() -> None:
                 f"{g['fp32']:.1f} ({100 * g['fp32'] / rate['fp32']:.0f} %) | "
                 f"{g['bf16']:.1f} ({100 * g['bf16'] / rate['bf16']:.0f} %) | {secs['fp32'] / secs['bf16']:.2f}x |"
             )
+    lines += ["", "Shape-matched GEMM ceiling of the train step (its own matmul/SDPA calls replayed alone, see the "
+              "module docstring):", "",
+              "| model | method | precision | GEMM-only GFLOP/s (% of 2048² matmul) | step GFLOP/s (% of the "
+              "GEMM-only ceiling) |", "|---|---|---|---|---|"]
+    for model_name, method_name, tf, sf, st, ss, params, ce in rows:
+        for p in precisions:
+            g = tf / st[p] / 1e9
+            lines.append(f"| {model_name} | {method_name} | {p} | {ce[p]:.1f} ({100 * ce[p] / rate[p]:.0f} %) | "
+                         f"{g:.1f} ({100 * g / ce[p]:.0f} %) |")
     lines.append("")
     print_and_record(lines, args.record)
 

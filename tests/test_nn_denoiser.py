@@ -141,7 +141,8 @@ def test_presets_and_validation():
 
 
 def test_sdpa_attention_equals_explicit_softmax_attention_in_float64():
-    """Attention uses F.scaled_dot_product_attention; it equals softmax(q k^T / sqrt(e)) v per head (float64)."""
+    """Attention (SDPA or the explicit CPU form, dlbench.nn.attention) equals softmax(q k^T / sqrt(e)) v per head
+    (float64)."""
     from einops import rearrange
 
     from dlbench.nn.denoiser import Attention

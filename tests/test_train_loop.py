@@ -182,3 +182,16 @@ def test_bf16_on_cpu_without_native_support_warns(tmp_path, monkeypatch, flags, 
         assert not said and not logged
     else:
         assert len(said) == 1 and said == logged and "--precision fp32" in said[0]
+
+
+def test_optimizer_is_fused_on_cpu():
+    # one fused AdamW kernel instead of torch's per-parameter loop on CPU (benchmarks/results/train_mfu.md)
+    from dlbench.train.loop import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = make_optimizer(model, 1e-3, (0.9, 0.99), 0.01)
+    assert opt.defaults["fused"] is True
+    model(torch.randn(2, 4)).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from dlbench.interfaces import ComponentConfig
+from dlbench.nn.attention import attend
 from dlbench.registry import DlbenchError
 
 
@@ -116,7 +117,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention ``"b n d" -> "b n d"`` (bidirectional, no mask)."""
+    """Multi-head self-attention ``"b n d" -> "b n d"`` (bidirectional, no mask; kernel by device: :mod:`dlbench.nn.attention`)."""
 
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
@@ -126,7 +127,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.heads)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(rearrange(out, "b h n e -> b n (h e)"))
 
 

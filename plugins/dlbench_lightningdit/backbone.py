@@ -10,7 +10,7 @@ architecture options, each switchable so the ladder can be ablated:
   fixed sin-cos absolute embedding; ``pos_embedding``: ``sincos-2d``, ``learned`` or ``none``;
 - ``patch_size`` p: ``"b c (h p) (w p)" -> "b (h w) (p p c)"`` tokens through one linear map (= a stride-p conv).
 
-Attention is ``torch.nn.functional.scaled_dot_product_attention``. Sections: pure pieces, blocks, model, presets.
+Attention is :func:`dlbench.nn.attention.attend` (SDPA off CPU, the explicit form on CPU). Sections: pure pieces, blocks, model, presets.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from dlbench.interfaces import ComponentConfig
+from dlbench.nn.attention import attend
 from dlbench.nn.denoiser import modulate, sincos_2d, timestep_embedding
 from dlbench.registry import DlbenchError
 
@@ -165,7 +166,7 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if angles is not None:
             q, k = apply_rope(q, angles), apply_rope(k, angles)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(rearrange(out, "b h n e -> b n (h e)"))
 
 
