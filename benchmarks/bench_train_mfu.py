@@ -169,6 +169,61 @@ def gemm_ceiling(calls: list[tuple], reps: int = 3) -> tuple[float, float]:
     return float(fc.get_total_flops()), best
 
 
+def _best_ms(fn, reps: int = 10) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best * 1e3
+
+
+def attention_table() -> list[str]:
+    """ms per forward+backward of one attention call at the two models' shapes (b=64, n=64, e=32), torch's SDPA
+    vs dlbench's explicit CPU form (``dlbench.nn.attention``), fp32 and bf16."""
+    import os
+
+    from dlbench.nn.attention import attend
+
+    lines = ["| heads | dtype | SDPA ms | explicit ms | explicit speed-up |", "|---|---|---|---|---|"]
+    before = os.environ.get("DLBENCH_ATTENTION")
+    try:
+        for h in (4, 8):
+            for dtype in (torch.float32, torch.bfloat16):
+                q, k, v = (torch.randn(64, h, 64, 32, dtype=dtype, requires_grad=True) for _ in range(3))
+                g = torch.randn(64, h, 64, 32, dtype=dtype)
+                ms = {}
+                for kernel in ("sdpa", "explicit"):
+                    os.environ["DLBENCH_ATTENTION"] = kernel
+                    ms[kernel] = _best_ms(lambda: attend(q, k, v).backward(g))
+                lines.append(f"| {h} | {str(dtype).replace('torch.', '')} | {ms['sdpa']:.2f} | {ms['explicit']:.2f} | "
+                             f"{ms['sdpa'] / ms['explicit']:.2f}x |")
+    finally:
+        if before is None:
+            os.environ.pop("DLBENCH_ATTENTION", None)
+        else:
+            os.environ["DLBENCH_ATTENTION"] = before
+    return lines
+
+
+def optimizer_table() -> list[str]:
+    """ms per AdamW step over each model's parameters: torch's CPU default (per-parameter loop) vs fused (what
+    ``dlbench.train.loop.make_optimizer`` uses)."""
+    lines = ["| model | params | AdamW default ms | AdamW fused ms | fused speed-up |", "|---|---|---|---|---|"]
+    for model_name, backbone in MODELS.items():
+        params = [p for p in build("vq-diffusion", backbone).parameters() if p.requires_grad]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        ms = {}
+        for name, kw in (("default", {}), ("fused", {"fused": True})):
+            opt = torch.optim.AdamW(params, lr=1e-4, **kw)
+            ms[name] = _best_ms(opt.step)
+        lines.append(f"| {model_name} | {sum(p.numel() for p in params) / 1e6:.2f}M | {ms['default']:.2f} | "
+                     f"{ms['fused']:.2f} | {ms['default'] / ms['fused']:.2f}x |")
+    return lines
+
+
 def time_train_step(method, precision: str, batch: int, steps: int, warmup: int) -> float:
     """Seconds per step of the real training loop: the time of ``warmup + steps`` steps minus the time of
     ``warmup`` steps, so the loop's one-off setup (optimizer, EMA copy, autocast/engine resolution) and the
@@ -274,7 +329,8 @@ def main() -> None:
             g = tf / st[p] / 1e9
             lines.append(f"| {model_name} | {method_name} | {p} | {ce[p]:.1f} ({100 * ce[p] / rate[p]:.0f} %) | "
                          f"{g:.1f} ({100 * g / ce[p]:.0f} %) |")
-    lines.append("")
+    lines += ["", "Attention kernel (one forward+backward, b=64, n=64, e=32; best of 10):", "", *attention_table(),
+              "", "Optimizer step (best of 10):", "", *optimizer_table(), ""]
     print_and_record(lines, args.record)
 
 
