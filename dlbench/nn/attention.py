@@ -6,8 +6,8 @@ kernels). On CPU, for the short sequences of token grids (n <= ``EXPLICIT_MAX_TO
 form: two batched matmuls with the softmax in fp32. Why: measured in
 ``benchmarks/results/train_mfu.md`` ("Attention kernel"), torch's CPU flash-attention backward runs at 7-10
 GFLOP/s in bf16 on an AMX Xeon, slower than in fp32, and took ~75 % of the matmul time of a bf16 train step,
-while bf16 batched matmuls run on AMX; the explicit form was ~6x faster in bf16 and ~1.2-1.6x in fp32 at
-``b=64, h=4-8, n=64, e=32``. Above the threshold the ``n x n`` score matrix would cost memory, so SDPA is kept.
+while bf16 batched matmuls run on AMX; one forward+backward of the explicit form was 4.8-5.0x faster in bf16 and
+1.2x in fp32 at ``b=64, h=4-8, n=64, e=32``. Above the threshold the ``n x n`` score matrix would cost memory, so SDPA is kept.
 
 ``DLBENCH_ATTENTION=sdpa|explicit`` forces one form (for measurements; both compute the same function up to
 rounding: tested against a float64 reference).
