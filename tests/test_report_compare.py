@@ -164,3 +164,28 @@ def test_html_report_renders(tmp_path):
     text = index.read_text()
     assert "<table>" in text and "data:image/png;base64," in text and "Training loss" in text
     assert (tmp_path / "html" / "training_loss.png").stat().st_size > 1000
+
+
+def test_plan_compare_is_exactly_what_compare_trains(tmp_path, monkeypatch):
+    """A driver that trains ``plan_compare``'s configs elsewhere gets runs ``compare`` reuses: compare asks to
+    train the same configs (same hashes, method-major, seeds 0..n-1, one equal-FLOPs budget)."""
+    import dlbench.runner.session as session
+    from dlbench.api import compare, plan_compare
+
+    plans = plan_compare(["vqlcmd", "vq-diffusion"], preset="quick", seeds=2)
+    assert [(c.method.name, c.seed) for c in plans] == [("vqlcmd", 0), ("vqlcmd", 1), ("vq-diffusion", 0),
+                                                         ("vq-diffusion", 1)]
+    assert len({c.training.budget_flops for c in plans}) == 1 and plans[0].training.budget_flops > 0
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(cfg, registry, out="runs", resume=None):
+        asked.append(cfg.hash())
+        raise Stop
+
+    monkeypatch.setattr(session, "run", fake_run)
+    with pytest.raises(Stop):
+        compare(["vqlcmd", "vq-diffusion"], preset="quick", seeds=2, out=tmp_path, log=lambda m: None)
+    assert asked == [plans[0].hash()]  # the first planned run, nothing reusable under an empty out
