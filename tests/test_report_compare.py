@@ -189,3 +189,22 @@ def test_plan_compare_is_exactly_what_compare_trains(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         compare(["vqlcmd", "vq-diffusion"], preset="quick", seeds=2, out=tmp_path, log=lambda m: None)
     assert asked == [plans[0].hash()]  # the first planned run, nothing reusable under an empty out
+
+
+def test_equal_flops_budget_allows_each_methods_own_step_cap(tmp_path):
+    """Under one training-FLOPs budget the methods' step counts differ by design (the benchmark preset's
+    equal-compute rule); a different FLOPs budget, or no FLOPs budget, still refuses."""
+    import json as _json
+
+    def with_flops(path, flops):
+        cfg = _json.loads((path / "config.json").read_text())
+        cfg["training"]["budget_flops"] = flops
+        (path / "config.json").write_text(_json.dumps(cfg))
+        return path
+
+    a = with_flops(make_run(tmp_path, "a", 0, {"fid": 1.0}, steps=1029), 4.8e13)
+    b = with_flops(make_run(tmp_path, "b", 0, {"fid": 2.0}, steps=1500), 4.8e13)
+    assert check_matched([RunRecord.load(a), RunRecord.load(b)], allow_mismatch=False) == {}
+    c = with_flops(make_run(tmp_path, "c", 0, {"fid": 2.0}, steps=1500), 9.6e13)
+    with pytest.raises(ComparisonMismatchError, match="budget_flops"):
+        check_matched([RunRecord.load(a), RunRecord.load(c)], allow_mismatch=False)
