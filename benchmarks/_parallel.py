@@ -34,12 +34,11 @@ def train_missing(methods: list[str], *, jobs: int, out: str, log=print, **plan_
         return 0
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH")) if p)
-    tmp = Path(tempfile.mkdtemp(prefix="dlbench-plans-"))
     Path(out).mkdir(parents=True, exist_ok=True)
 
     def one(i_cfg) -> int:
         i, cfg = i_cfg
-        path = tmp / f"{i}.json"
+        path = Path(tmp) / f"{i}.json"
         path.write_text(json.dumps(cfg.to_dict()))
         logfile = Path(out) / f"worker-{cfg.method.name}-{cfg.seed}.log"
         log(f"[worker] training {cfg.method.name} seed {cfg.seed} (config {cfg.hash()[:12]}; log {logfile})")
@@ -49,7 +48,7 @@ def train_missing(methods: list[str], *, jobs: int, out: str, log=print, **plan_
         log(f"[worker] {cfg.method.name} seed {cfg.seed}: exit {rc}")
         return rc
 
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
+    with tempfile.TemporaryDirectory(prefix="dlbench-plans-") as tmp, ThreadPoolExecutor(max(1, jobs)) as pool:
         codes = list(pool.map(one, enumerate(missing)))
     failed = sum(1 for c in codes if c)
     if failed:

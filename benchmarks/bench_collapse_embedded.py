@@ -104,7 +104,7 @@ def seed_aggregate(label: str, runs: list[Path]) -> tuple[list[str], dict[str, l
         rel = [m / s[0]["embed/min_pairwise_dist_over_sigma"] for m, s in zip(md, series)]
         rows.append(f"| {label} | {step} | {mean_ci(md).format(3)} | {mean_ci(rel).format(3)} | "
                     f"{mean_ci(er).format(3)} |")
-        last = {"step": [step], "min_dist_over_sigma": md, "relative": rel, "effective_rank": er}
+        last = {"step": step, "relative": rel, "effective_rank": er}
     return rows, last
 
 
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
             holds = d.low > 0
             agg_lines += ["", f"**Claim \"consistency matching prevents collapse\": "
                           f"{'holds' if holds else 'does not hold'} at this scale.** At the last logged step "
-                          f"(vqlcmd {last['vqlcmd']['step'][0]}, csdm {last['csdm']['step'][0]}; equal training "
+                          f"(vqlcmd {last['vqlcmd']['step']}, csdm {last['csdm']['step']}; equal training "
                           f"compute) vqlcmd keeps {v.format(3)} of its initial min distance / sigma, csdm {c.format(3)}; difference vqlcmd − csdm {d.format(3)} (Welch 95 % interval "
                           f"{'excludes' if d.low > 0 or d.high < 0 else 'includes'} 0). Effective-rank difference "
                           f"vqlcmd − csdm {e.format(3)}."]
