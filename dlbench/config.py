@@ -200,8 +200,8 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
     },
     # a comparison sized for a 2-core CPU: 3x the default's generator budget, 50 sampling steps, 3 learning-curve
     # points. Measured: 16-24 min per run (one 31) with two one-thread runs sharing the 2 cores of an AMX Xeon,
-    # so 3 methods x 3 seeds take ~2 h (benchmarks/results/compare_benchmark.md). Methods that do more forward+backward passes
-    # per step than one get fewer steps (equal compute): see each method's presets.
+    # so 3 methods x 3 seeds take ~2 h (benchmarks/results/compare_benchmark.md). Methods that do more
+    # forward+backward passes per step than one get fewer steps (equal compute): see each method's presets.
     "benchmark": {
         "tokenizer": {"training": {"steps": 1500, "batch_size": 64}},
         "training": {"steps": 1500, "batch_size": 64, "diagnostics_every": 250, "checkpoint_every": 500},
